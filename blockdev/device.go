@@ -1,0 +1,78 @@
+// Package blockdev provides the sources of ciphertext that every imgfs layer
+// reads from: local files, byte ranges of other devices and (later) HTTP and
+// Glance sources, plus the wrappers that cache, count and retry.
+//
+// Every layer of imgfs is a Device: an io.ReaderAt of a fixed size. A layer
+// takes the Device below it and is itself a Device, so a whole read path is a
+// chain of constructors.
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Device is a readable byte range of fixed size. ReadAt follows io.ReaderAt:
+// a read that ends past Size returns the bytes up to Size and io.EOF.
+type Device interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Mapper is implemented by devices that know where their data is. Offsets
+// are in the device's own address space. NextData returns the first offset
+// >= off that holds data, NextHole the first offset >= off that is a hole
+// (Size() if there is none). Both return io.EOF when off >= Size().
+type Mapper interface {
+	NextData(off int64) (int64, error)
+	NextHole(off int64) (int64, error)
+}
+
+// Error kinds shared by every layer. Callers test them with errors.Is; each
+// layer wraps them with its own context.
+var (
+	// ErrCorrupt means the image contradicts its own format.
+	ErrCorrupt = errors.New("corrupt image")
+	// ErrTruncated means the image is shorter than its headers say.
+	ErrTruncated = errors.New("truncated image")
+	// ErrUnsupported means a valid feature that imgfs does not implement.
+	ErrUnsupported = errors.New("unsupported")
+	// ErrOutOfRange means a read starts past the end of a device.
+	ErrOutOfRange = errors.New("offset past the end")
+)
+
+// ReadFull reads exactly len(p) bytes at off from d. A short read is reported
+// as ErrTruncated (wrapped with the offset), never padded.
+func ReadFull(d io.ReaderAt, p []byte, off int64) error {
+	n, err := d.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("read %d bytes at %d: got %d: %w", len(p), off, n, ErrTruncated)
+	}
+	return fmt.Errorf("read %d bytes at %d: %w", len(p), off, err)
+}
+
+// clip limits a read of len(p) bytes at off to a device of the given size.
+// It returns the usable length and io.EOF when the read is short.
+func clip(p []byte, off, size int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	if rem := size - off; int64(len(p)) > rem {
+		return int(rem), io.EOF
+	}
+	return len(p), nil
+}
+
+// Clip is clip for other packages: it returns how many of len(p) bytes at
+// off lie inside a device of the given size, and io.EOF if that is fewer.
+func Clip(p []byte, off, size int64) (int, error) { return clip(p, off, size) }
