@@ -3,7 +3,7 @@
 # Idempotent; needs root (or sudo) only if something is missing.
 set -euo pipefail
 PKGS=(qemu-utils cryptsetup-bin fuse3 python3-cryptography fdisk util-linux curl time
-      nbdkit libnbd-bin openssl
+      nbdkit libnbd-bin openssl bc
       keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3)
 missing=()
 for p in "${PKGS[@]}"; do
