@@ -2,7 +2,7 @@
 # Installs the Debian packages imgfs's tests and demo need, when missing.
 # Idempotent; needs root (or sudo) only if something is missing.
 set -euo pipefail
-PKGS=(qemu-utils cryptsetup-bin fuse3 python3-cryptography fdisk util-linux curl time
+PKGS=(qemu-utils cryptsetup-bin fuse3 python3-cryptography fdisk util-linux curl time e2fsprogs xfsprogs dosfstools btrfs-progs ntfs-3g lvm2 genisoimage
       nbdkit libnbd-bin openssl bc
       keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3)
 missing=()
