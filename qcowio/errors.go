@@ -1,0 +1,28 @@
+// Package qcowio reads qcow2 images (versions 2 and 3, including extended L2
+// entries, zlib and zstd compressed clusters and native LUKS encryption) from a
+// blockdev.Device, lazily and without qemu.
+//
+// Every image is inspected against a safety policy before any data is read:
+// backing files, external data files, unknown incompatible features, legacy
+// AES encryption and tables that point outside the file are refused, the same
+// checks the OpenStack format inspector applies.
+package qcowio
+
+import "errors"
+
+// Error kinds of this package. They are wrapped with context; test them with
+// errors.Is. Structural problems also wrap blockdev.ErrCorrupt,
+// blockdev.ErrTruncated or blockdev.ErrUnsupported.
+var (
+	// ErrNotQcow2 means the device does not start with the qcow2 magic.
+	ErrNotQcow2 = errors.New("not a qcow2 image")
+	// ErrUnsafe means the image fails the safety policy; the error text lists
+	// every reason.
+	ErrUnsafe = errors.New("unsafe qcow2 image")
+	// ErrKeyRequired means data of an encrypted image was read before Unlock.
+	ErrKeyRequired = errors.New("encrypted qcow2 image: key required")
+	// ErrInsecureEncryption means the image uses legacy qcow2 AES encryption.
+	ErrInsecureEncryption = errors.New("legacy qcow2 AES encryption is insecure and unsupported")
+	// ErrNotEncrypted means a key was given for an image that is not encrypted.
+	ErrNotEncrypted = errors.New("qcow2 image is not encrypted")
+)

@@ -1,0 +1,259 @@
+package qcowio
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"os"
+	"sync"
+
+	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/luksio"
+)
+
+// decompressedCacheBytes bounds the memory of cached decompressed clusters.
+const decompressedCacheBytes = 8 << 20
+
+// Image is an opened, policy-checked qcow2 image. It is a blockdev.Device
+// and a blockdev.Mapper over the virtual disk; its methods are safe for
+// concurrent use.
+type Image struct {
+	dev      blockdev.Device
+	hdr      *header
+	info     *Info
+	size     int64
+	fileSize int64
+
+	clusterBits uint
+	clusterSize int64
+	l2Entries   uint64
+	extL2       bool
+	l1          []uint64
+	l2cache     *lru[l2Table]
+	zcache      *lru[decompressed]
+
+	// Compressed cluster descriptor geometry.
+	cOffsetMask uint64
+	cSizeShift  uint
+	cSizeMask   uint64
+	compression uint8
+
+	encrypted bool
+	luksHdr   *luksio.Header
+	luksArea  blockdev.Device
+
+	mu     sync.RWMutex // guards key, cipher, closed
+	key    *luksio.Key
+	cipher *luksio.SectorCipher
+	closed bool
+}
+
+var (
+	_ blockdev.Device = (*Image)(nil)
+	_ blockdev.Mapper = (*Image)(nil)
+)
+
+// Inspect parses the header and evaluates the policy without refusing (for
+// `imgfs info`). It errors only when dev is not qcow2 (ErrNotQcow2) or its
+// header or tables cannot be read; every other problem is a reason in
+// Info.Reasons.
+func Inspect(dev blockdev.Device, pol Policy) (*Info, error) {
+	img, _, err := inspect(dev, pol)
+	if err != nil {
+		return nil, err
+	}
+	return img.info, nil
+}
+
+// Open inspects dev and refuses an unsafe image with an error wrapping
+// ErrUnsafe (and the kind of each reason: ErrInsecureEncryption,
+// blockdev.ErrCorrupt, ...) before reading any data.
+func Open(dev blockdev.Device, pol Policy) (*Image, error) {
+	img, v, err := inspect(dev, pol)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// inspect parses everything that Open checks and returns the image (usable
+// only when the verdict is clean) and the verdict.
+func inspect(dev blockdev.Device, pol Policy) (*Image, *verdict, error) {
+	v := &verdict{}
+	h, err := readHeader(dev, v)
+	if err != nil {
+		return nil, nil, err
+	}
+	img := &Image{dev: dev, hdr: h, fileSize: dev.Size()}
+	geometryOK := h.checkFields(img.fileSize, v)
+	if h.clusterBits >= minClusterBits && h.clusterBits <= maxClusterBits {
+		if err := h.readExtensions(dev, v); err != nil {
+			return nil, nil, err
+		}
+	}
+	h.checkPolicy(pol, v)
+	img.info = newInfo(h, img.fileSize)
+	if geometryOK {
+		img.setGeometry()
+		if err := img.readL1(); err != nil {
+			return nil, nil, err
+		}
+		if h.cryptMethod == cryptLUKS && h.hasCrypto {
+			img.readLUKSHeader(v)
+		}
+		if err := img.walk(v); err != nil {
+			return nil, nil, err
+		}
+	}
+	img.info.Safe = len(v.reasons) == 0
+	if !img.info.Safe {
+		img.info.Reasons = v.messages()
+	}
+	return img, v, nil
+}
+
+func (img *Image) setGeometry() {
+	h := img.hdr
+	img.size = int64(h.size)
+	img.clusterBits = uint(h.clusterBits)
+	img.clusterSize = 1 << h.clusterBits
+	img.extL2 = h.incompat&incompatExtendedL2 != 0
+	img.l2Entries = h.l2Entries()
+	img.cSizeShift = 62 - (img.clusterBits - 8)
+	img.cSizeMask = 1<<(img.clusterBits-8) - 1
+	img.cOffsetMask = 1<<img.cSizeShift - 1
+	img.compression = h.compressionType
+	img.encrypted = h.cryptMethod != cryptNone
+	img.l2cache = newLRU[l2Table](l2CacheBytes, img.clusterSize, 4)
+	img.zcache = newLRU[decompressed](decompressedCacheBytes, img.clusterSize, 2)
+}
+
+// readL1 reads the L1 entries that cover the virtual size (checkFields has
+// bounded and placed the table).
+func (img *Image) readL1() error {
+	n := img.hdr.l1Needed()
+	buf := make([]byte, n*8) // n*8 <= maxL1TableBytes
+	if err := blockdev.ReadFull(img.dev, buf, int64(img.hdr.l1TableOffset)); err != nil {
+		return fmt.Errorf("qcow2: L1 table: %w", err)
+	}
+	img.l1 = make([]uint64, n)
+	for i := range img.l1 {
+		img.l1[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	return nil
+}
+
+// walk checks every L1 entry, L2 table and cluster descriptor that maps the
+// virtual disk and counts the allocated bytes. Each L2 table is read once:
+// an L2 table referenced twice is corrupt, so the walk reads at most the
+// file's size.
+func (img *Image) walk(v *verdict) error {
+	seen := make(map[int64]bool)
+	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
+	var allocated int64
+	for l1i := range uint64(len(img.l1)) {
+		l2off, err := img.l2Offset(l1i)
+		if err != nil {
+			v.add(blockdev.ErrCorrupt, "%v", err)
+			continue
+		}
+		if l2off == 0 {
+			continue
+		}
+		switch {
+		case l2off%img.clusterSize != 0:
+			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table offset %#x not cluster aligned", l1i, l2off)
+			continue
+		case !inFile(uint64(l2off), uint64(img.clusterSize), img.fileSize):
+			v.add(blockdev.ErrTruncated, "L1 entry %d: L2 table at %#x outside the file (%d bytes)", l1i, l2off, img.fileSize)
+			continue
+		case seen[l2off]:
+			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x used twice", l1i, l2off)
+			continue
+		}
+		seen[l2off] = true
+		t, err := img.loadL2(l2off)
+		if err != nil {
+			return err
+		}
+		first := l1i * img.l2Entries
+		n := min(img.l2Entries, clusters-first)
+		for l2i := range n {
+			var desc, bitmap uint64
+			if img.extL2 {
+				desc, bitmap = t[2*l2i], t[2*l2i+1]
+			} else {
+				desc = t[l2i]
+			}
+			if desc == 0 && bitmap == 0 {
+				continue
+			}
+			guest := int64(first+l2i) << img.clusterBits
+			used := min(img.clusterSize, img.size-guest)
+			b, err := img.checkDescriptor(desc, bitmap, used)
+			if err != nil {
+				v.add(blockdev.ErrCorrupt, "cluster %d (L2 table %#x entry %d): %v", first+l2i, l2off, l2i, err)
+				continue
+			}
+			allocated += b
+		}
+	}
+	img.info.AllocatedBytes = allocated
+	return nil
+}
+
+// checkDescriptor validates one L2 entry against the file and returns the
+// host bytes it occupies; used is how much of the cluster the disk covers.
+func (img *Image) checkDescriptor(desc, bitmap uint64, used int64) (int64, error) {
+	e, err := img.classify(desc, bitmap, 0)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case e.kind == kindCompressed:
+		return min(e.cSize, img.fileSize-e.cOffset), nil
+	case desc&oflagCompressed == 0 && desc&l2OffsetMask != 0:
+		host := int64(desc & l2OffsetMask)
+		end := used
+		if img.extL2 {
+			// Only allocated subclusters need to exist in the file.
+			alloc := uint32(bitmap)
+			if alloc == 0 {
+				return 0, nil
+			}
+			last := 31 - bits.LeadingZeros32(alloc)
+			end = min(used, int64(last+1)*(img.clusterSize/subclustersPerCluster))
+		} else if desc&oflagZero != 0 {
+			return 0, nil
+		}
+		if !inFile(uint64(host), uint64(end), img.fileSize) {
+			return 0, fmt.Errorf("data cluster at %#x past the end of the file (%d bytes): %w", host, img.fileSize, blockdev.ErrTruncated)
+		}
+		return img.clusterSize, nil
+	}
+	return 0, nil
+}
+
+// Info returns the inspection result of the image. The caller must not
+// modify it.
+func (img *Image) Info() *Info { return img.info }
+
+// Encrypted reports whether the image is encrypted (and so needs Unlock).
+func (img *Image) Encrypted() bool { return img.encrypted }
+
+// Size returns the virtual disk size.
+func (img *Image) Size() int64 { return img.size }
+
+// Close forgets and zeroes the key. Reads after Close fail.
+func (img *Image) Close() error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.closed = true
+	img.dropKeyLocked()
+	return nil
+}
+
+var errClosed = fmt.Errorf("qcow2: image is closed: %w", os.ErrClosed)

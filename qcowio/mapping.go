@@ -1,0 +1,181 @@
+package qcowio
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/imgfs/imgfs/blockdev"
+)
+
+// L1 and L2 entry bits (qcow2.txt "Cluster mapping").
+const (
+	oflagCopied     = 1 << 63
+	oflagCompressed = 1 << 62
+	oflagZero       = 1 << 0
+	// l1OffsetMask and l2OffsetMask select bits 9-55: a host offset.
+	l1OffsetMask = 0x00fffffffffffe00
+	l2OffsetMask = 0x00fffffffffffe00
+	// l1Reserved are the bits of an L1 entry that must be zero.
+	l1Reserved = 0x7f000000000001ff
+	// l2Reserved are the bits of a standard cluster descriptor that must be
+	// zero (bit 0, the zero flag, is checked separately).
+	l2Reserved = 0x3f000000000001fe
+	// subclustersPerCluster is fixed by the extended L2 format.
+	subclustersPerCluster = 32
+)
+
+// l2CacheBytes bounds the memory of cached L2 tables.
+const l2CacheBytes = 32 << 20
+
+// extentKind is what a guest range maps to.
+type extentKind uint8
+
+const (
+	kindUnallocated extentKind = iota // reads as zeros (no backing file)
+	kindZero                          // explicitly zero
+	kindData                          // host data at extent.host
+	kindCompressed                    // a compressed cluster
+)
+
+// extent describes the guest range [off, off+length) that maps uniformly.
+type extent struct {
+	kind   extentKind
+	length int64
+	host   int64 // kindData: host offset of off
+	// kindCompressed: the descriptor and the offset of off in the cluster.
+	cOffset, cSize int64
+	inCluster      int64
+}
+
+// l2Table is one decoded L2 table: entries, two words per entry with
+// extended L2 (descriptor, subcluster bitmap).
+type l2Table []uint64
+
+// loadL2 returns the L2 table at host offset off, from the cache if present.
+func (img *Image) loadL2(off int64) (l2Table, error) {
+	if t, ok := img.l2cache.get(off); ok {
+		return t, nil
+	}
+	if off%img.clusterSize != 0 {
+		return nil, fmt.Errorf("qcow2: L2 table offset %#x not cluster aligned: %w", off, blockdev.ErrCorrupt)
+	}
+	if !inFile(uint64(off), uint64(img.clusterSize), img.fileSize) {
+		return nil, fmt.Errorf("qcow2: L2 table at %#x past the end of the file (%d bytes): %w", off, img.fileSize, blockdev.ErrTruncated)
+	}
+	buf := make([]byte, img.clusterSize)
+	if err := blockdev.ReadFull(img.dev, buf, off); err != nil {
+		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
+	}
+	t := make(l2Table, img.clusterSize/8)
+	for i := range t {
+		t[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	img.l2cache.put(off, t)
+	return t, nil
+}
+
+// l2Offset validates an L1 entry and returns its L2 table offset (0: none).
+func (img *Image) l2Offset(l1i uint64) (int64, error) {
+	e := img.l1[l1i]
+	if e&l1Reserved != 0 {
+		return 0, fmt.Errorf("qcow2: L1 entry %d (%#x): reserved bits set: %w", l1i, e, blockdev.ErrCorrupt)
+	}
+	return int64(e & l1OffsetMask), nil
+}
+
+// lookup maps the guest offset off (0 <= off < Size) to an extent.
+func (img *Image) lookup(off int64) (extent, error) {
+	ci := uint64(off) >> img.clusterBits
+	l1i, l2i := ci/img.l2Entries, ci%img.l2Entries
+	inCluster := off & (img.clusterSize - 1)
+	if l1i >= uint64(len(img.l1)) {
+		return extent{}, fmt.Errorf("qcow2: offset %d beyond the L1 table: %w", off, blockdev.ErrCorrupt)
+	}
+	l2off, err := img.l2Offset(l1i)
+	if err != nil {
+		return extent{}, err
+	}
+	if l2off == 0 {
+		rest := int64(img.l2Entries-l2i)<<img.clusterBits - inCluster
+		return extent{kind: kindUnallocated, length: rest}, nil
+	}
+	t, err := img.loadL2(l2off)
+	if err != nil {
+		return extent{}, fmt.Errorf("qcow2: L1 entry %d: %w", l1i, err)
+	}
+	var desc, bitmap uint64
+	if img.extL2 {
+		desc, bitmap = t[2*l2i], t[2*l2i+1]
+	} else {
+		desc = t[l2i]
+	}
+	e, err := img.classify(desc, bitmap, inCluster)
+	if err != nil {
+		return extent{}, fmt.Errorf("qcow2: cluster %d (L2 table %#x entry %d): %w", ci, l2off, l2i, err)
+	}
+	return e, nil
+}
+
+// classify decodes one L2 entry for the byte inCluster of its cluster.
+func (img *Image) classify(desc, bitmap uint64, inCluster int64) (extent, error) {
+	rest := img.clusterSize - inCluster
+	if desc&oflagCompressed != 0 {
+		if img.encrypted {
+			return extent{}, fmt.Errorf("compressed cluster in an encrypted image: %w", blockdev.ErrCorrupt)
+		}
+		coff := int64(desc & img.cOffsetMask)
+		nsec := int64((desc>>img.cSizeShift)&img.cSizeMask) + 1
+		csize := nsec*512 - coff&511
+		if coff == 0 || coff >= img.fileSize {
+			return extent{}, fmt.Errorf("compressed cluster at %#x past the end of the file (%d bytes): %w", coff, img.fileSize, blockdev.ErrTruncated)
+		}
+		return extent{kind: kindCompressed, length: rest, cOffset: coff, cSize: csize, inCluster: inCluster}, nil
+	}
+	if desc&l2Reserved != 0 {
+		return extent{}, fmt.Errorf("descriptor %#x: reserved bits set: %w", desc, blockdev.ErrCorrupt)
+	}
+	host := int64(desc & l2OffsetMask)
+	if host&(img.clusterSize-1) != 0 {
+		return extent{}, fmt.Errorf("data cluster offset %#x not cluster aligned: %w", host, blockdev.ErrCorrupt)
+	}
+	if !img.extL2 {
+		switch {
+		case desc&oflagZero != 0:
+			return extent{kind: kindZero, length: rest}, nil
+		case host == 0:
+			return extent{kind: kindUnallocated, length: rest}, nil
+		}
+		return extent{kind: kindData, length: rest, host: host + inCluster}, nil
+	}
+	if desc&oflagZero != 0 {
+		return extent{}, fmt.Errorf("descriptor %#x: reserved bit 0 set with extended L2: %w", desc, blockdev.ErrCorrupt)
+	}
+	alloc, zero := uint32(bitmap), uint32(bitmap>>32)
+	if alloc&zero != 0 {
+		return extent{}, fmt.Errorf("subcluster bitmap %#x: subclusters both allocated and zero: %w", bitmap, blockdev.ErrCorrupt)
+	}
+	if host == 0 && alloc != 0 {
+		return extent{}, fmt.Errorf("subcluster bitmap %#x: allocated subclusters in an unallocated cluster: %w", bitmap, blockdev.ErrCorrupt)
+	}
+	scSize := img.clusterSize / subclustersPerCluster
+	sc := uint(inCluster / scSize)
+	kindOf := func(i uint) extentKind {
+		switch {
+		case zero&(1<<i) != 0:
+			return kindZero
+		case alloc&(1<<i) != 0:
+			return kindData
+		}
+		return kindUnallocated
+	}
+	k := kindOf(sc)
+	end := sc + 1
+	for end < subclustersPerCluster && kindOf(end) == k {
+		end++
+	}
+	e := extent{kind: k, length: int64(end)*scSize - inCluster}
+	if k == kindData {
+		e.host = host + inCluster
+	}
+	return e, nil
+}

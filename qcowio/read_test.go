@@ -1,0 +1,105 @@
+package qcowio
+
+import (
+	"testing"
+
+	"github.com/imgfs/imgfs/tests/testimg"
+)
+
+type W = testimg.QcowWrite
+
+// scattered writes a few clusters far apart, then lower ones in a second
+// pass and overwrites part of the first in a third, so that host order
+// differs from guest order.
+func scattered(cs int64) [][]W {
+	return [][]W{
+		{{Off: 3 << 20, Len: 64 << 10, Seed: 1}, {Off: 1 << 20, Len: 64 << 10, Seed: 2}},
+		{{Off: 0, Len: 4096, Seed: 3}, {Off: 2<<20 + 12345, Len: 1000, Seed: 4}, {Off: 4<<20 - cs, Len: cs, Seed: 5}},
+		{{Off: 1<<20 + 4096, Len: 8192, Seed: 6}, {Off: 3<<20 + 512, Len: 100, Seed: 7}},
+	}
+}
+
+func TestReadMatchesPlaintextAndQemu(t *testing.T) {
+	cases := []struct {
+		name string
+		spec testimg.QcowImage
+	}{
+		{"v3 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=4096", Passes: scattered(4096)}},
+		{"v3 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=65536", Passes: scattered(65536)}},
+		{"v3 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "cluster_size=2097152", Passes: scattered(2 << 20)}},
+		{"v2 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10,cluster_size=4096", Passes: scattered(4096)}},
+		{"v2 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10", Passes: scattered(65536)}},
+		{"v2 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "compat=0.10,cluster_size=2097152", Passes: scattered(2 << 20)}},
+		{"v3 zero clusters over data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=4096", Passes: [][]W{
+			{{Off: 0, Len: 1 << 20, Seed: 8}},
+			{{Off: 64 << 10, Len: 64 << 10, Zero: true}, {Off: 512 << 10, Len: 4096, Zero: true}},
+		}}},
+		{"v2 zero writes over data", testimg.QcowImage{Size: 2 << 20, Options: "compat=0.10,cluster_size=4096", Passes: [][]W{
+			{{Off: 0, Len: 1 << 20, Seed: 9}},
+			{{Off: 64 << 10, Len: 64 << 10, Zero: true}},
+		}}},
+		{"zlib compressed clusters among data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=65536", Passes: [][]W{
+			{{Off: 0, Len: 256 << 10, Compressed: true, Seed: 10}, {Off: 1 << 20, Len: 64 << 10, Seed: 11}},
+			{{Off: 1<<20 + 64<<10, Len: 128 << 10, Compressed: true, Seed: 12}},
+		}}},
+		{"zstd compressed clusters among data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=65536,compression_type=zstd", Passes: [][]W{
+			{{Off: 0, Len: 256 << 10, Compressed: true, Seed: 13}, {Off: 1 << 20, Len: 64 << 10, Seed: 14}},
+			{{Off: 1<<20 + 64<<10, Len: 128 << 10, Compressed: true, Seed: 15}},
+		}}},
+		{"zstd compressed 2M clusters", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=2097152,compression_type=zstd", Passes: [][]W{
+			{{Off: 2 << 20, Len: 2 << 20, Compressed: true, Seed: 16}},
+		}}},
+		{"extended L2 subclusters", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=65536,extended_l2=on", Passes: [][]W{
+			{{Off: 1 << 20, Len: 2048, Seed: 17}, {Off: 1<<20 + 8192, Len: 4096, Seed: 18}, {Off: 3<<20 + 100, Len: 5000, Seed: 19}},
+			{{Off: 1<<20 + 4096, Len: 2048, Zero: true}, {Off: 0, Len: 128 << 10, Seed: 20}, {Off: 32 << 10, Len: 4096, Zero: true}},
+		}}},
+		{"extended L2 compressed", testimg.QcowImage{Size: 1 << 20, Options: "cluster_size=65536,extended_l2=on", Passes: [][]W{
+			{{Off: 64 << 10, Len: 128 << 10, Compressed: true, Seed: 21}},
+		}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path, plain := testimg.MakeQcow2(t, t.TempDir(), "img.qcow2", tc.spec)
+			img := openImage(t, path)
+			if img.Size() != tc.spec.Size {
+				t.Fatalf("Size = %d, want %d", img.Size(), tc.spec.Size)
+			}
+			mustEqual(t, "qemu-img convert vs plaintext", testimg.QemuRaw(t, path, ""), plain)
+			checkAllReads(t, img, plain)
+		})
+	}
+}
+
+// TestReadConvertedImages reads images made by `qemu-img convert`, with and
+// without -c, with zlib and zstd: qemu-img allocates clusters in order and
+// leaves zero ranges unallocated.
+func TestReadConvertedImages(t *testing.T) {
+	raw := make([]byte, 3<<20)
+	copy(raw[100<<10:], testimg.RandomBytes(300<<10, 30))
+	copy(raw[2<<20:], testimg.RandomBytes(70<<10, 31))
+	for i := 1<<20 + 4096; i < 1<<20+200<<10; i++ {
+		raw[i] = byte(i % 7) // compressible
+	}
+	cases := []struct {
+		name     string
+		options  string
+		compress bool
+	}{
+		{"plain 64k", "", false},
+		{"zlib 64k", "", true},
+		{"zlib 4k", "cluster_size=4096", true},
+		{"zstd 64k", "compression_type=zstd", true},
+		{"zstd 2M", "compression_type=zstd,cluster_size=2097152", true},
+		{"v2 zlib", "compat=0.10", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := testimg.ConvertQcow2(t, t.TempDir(), "img.qcow2", raw, tc.options, "", tc.compress)
+			img := openImage(t, path)
+			mustEqual(t, "qemu-img convert -O raw vs source", testimg.QemuRaw(t, path, ""), raw)
+			checkAllReads(t, img, raw)
+		})
+	}
+}
