@@ -54,32 +54,29 @@ func (img *Image) Unlock(passphrase []byte, opts luksio.UnlockOptions) error {
 	if err != nil {
 		return fmt.Errorf("qcow2: unlock: %w", err)
 	}
+	// The cipher keeps its own key schedule; the volume key itself is
+	// zeroed at once.
 	c, err := key.Cipher()
+	key.Close()
 	if err != nil {
-		key.Close()
 		return fmt.Errorf("qcow2: unlock: %w", err)
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if img.closed {
 		c.Close()
-		key.Close()
 		return errClosed
 	}
 	img.dropKeyLocked()
-	img.key, img.cipher = key, c
+	img.cipher = c
 	return nil
 }
 
-// dropKeyLocked zeroes and forgets the key; img.mu must be held.
+// dropKeyLocked zeroes and forgets the cipher's key; img.mu must be held.
 func (img *Image) dropKeyLocked() {
 	if img.cipher != nil {
 		img.cipher.Close()
 		img.cipher = nil
-	}
-	if img.key != nil {
-		img.key.Close()
-		img.key = nil
 	}
 }
 

@@ -42,8 +42,7 @@ type Image struct {
 	luksHdr   *luksio.Header
 	luksArea  blockdev.Device
 
-	mu     sync.RWMutex // guards key, cipher, closed
-	key    *luksio.Key
+	mu     sync.RWMutex // guards cipher and closed
 	cipher *luksio.SectorCipher
 	closed bool
 }
