@@ -15,7 +15,7 @@ var (
 	// ErrNotLUKS means the data does not start with a LUKS magic.
 	ErrNotLUKS = errors.New("not a LUKS volume")
 	// ErrWrongPassphrase means no keyslot could be unlocked with the passphrase.
-	ErrWrongPassphrase = errors.New("wrong passphrase")
+	ErrWrongPassphrase = errors.New("no keyslot matches the passphrase")
 	// ErrUnsupportedCipher means a cipher specification that luksio does not implement.
 	// It also matches blockdev.ErrUnsupported.
 	ErrUnsupportedCipher = fmt.Errorf("unsupported cipher (%w)", blockdev.ErrUnsupported)

@@ -44,6 +44,11 @@ func NewVolume(dev blockdev.Device, h *Header, k *Key) (*Volume, error) {
 	size := h.PayloadSize
 	if h.DynamicSize {
 		size = dynamicSize(dev.Size(), h.PayloadOffset, h.SectorSize)
+		// A payload that ends mid-sector was cut short: refuse it rather than
+		// present a silently shorter disk.
+		if rem := dev.Size() - h.PayloadOffset; rem > 0 && rem%int64(h.SectorSize) != 0 {
+			return nil, fmt.Errorf("luks%d: payload of %d bytes ends mid-sector (sector size %d): %w", h.Version, rem, h.SectorSize, blockdev.ErrTruncated)
+		}
 	}
 	if h.PayloadOffset > dev.Size() || size > dev.Size()-h.PayloadOffset {
 		return nil, fmt.Errorf("luks%d: payload %d+%d ends past the image (%d bytes): %w", h.Version, h.PayloadOffset, size, dev.Size(), blockdev.ErrTruncated)
