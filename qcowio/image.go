@@ -2,6 +2,7 @@ package qcowio
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	"os"
@@ -194,7 +195,11 @@ func (img *Image) walk(v *verdict) error {
 			used := min(img.clusterSize, img.size-guest)
 			b, err := img.checkDescriptor(desc, bitmap, used)
 			if err != nil {
-				v.add(blockdev.ErrCorrupt, "cluster %d (L2 table %#x entry %d): %v", first+l2i, l2off, l2i, err)
+				kind := blockdev.ErrCorrupt
+				if errors.Is(err, blockdev.ErrTruncated) {
+					kind = blockdev.ErrTruncated
+				}
+				v.add(kind, "cluster %d (L2 table %#x entry %d): %v", first+l2i, l2off, l2i, err)
 				continue
 			}
 			allocated += b
