@@ -1,0 +1,313 @@
+// Package fusefs exposes an opened image as a small read-only FUSE
+// directory:
+//
+//	disk        the plaintext virtual disk (size = virtual size)
+//	encrypted   the ciphertext as stored (encrypted images only)
+//	image.json  what `imgfs info --json` says about the image (never keys)
+//
+// Files are mode 0400 and owned by the mounting user, the mount is "ro" with
+// default_permissions, and only the mounting user sees it unless AllowOther
+// is set (a non-root user then needs `user_allow_other` in /etc/fuse.conf).
+// Reads go straight to the Device below, up to 1 MiB per request, in
+// parallel; the kernel keeps its page cache across opens (the image is
+// immutable); SEEK_DATA/SEEK_HOLE come from the device's blockdev.Mapper.
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/imgfs/imgfs/blockdev"
+)
+
+// Names of the files in the mounted directory.
+const (
+	DiskName      = "disk"
+	EncryptedName = "encrypted"
+	ImageJSONName = "image.json"
+)
+
+const (
+	// maxRequest is the largest read the kernel may send (FUSE max_pages:
+	// 256 pages on Linux >= 4.20). go-fuse caps it at what the kernel allows.
+	maxRequest = 1 << 20
+	// maxBackground is how many asynchronous (readahead) reads the kernel
+	// may have in flight at once; they are served in parallel.
+	maxBackground = 64
+	// cacheTimeout is how long the kernel trusts names and attributes: the
+	// image cannot change under the mount.
+	cacheTimeout = time.Hour
+	// preferredBlockSize is st_blksize: tools that size their buffers by it
+	// (cp, cat) then issue 1 MiB reads.
+	preferredBlockSize = maxRequest
+)
+
+// devFuse is the FUSE device; a variable so tests can pretend it is missing.
+var devFuse = "/dev/fuse"
+
+// ErrFuseMissing means FUSE cannot be used on this machine.
+var ErrFuseMissing = errors.New("FUSE is not available (install it with `apt-get install fuse3`)")
+
+// Options say what to mount and how.
+type Options struct {
+	// Disk is the plaintext virtual disk. Required.
+	Disk blockdev.Device
+	// DiskAllocated is how many bytes of Disk hold data, for st_blocks;
+	// 0 means unknown (the file then looks fully allocated). A value below
+	// the size tells cp --sparse to ask for holes with SEEK_HOLE.
+	DiskAllocated int64
+	// Encrypted is the ciphertext as stored; nil if the image is not
+	// encrypted (then there is no "encrypted" file).
+	Encrypted blockdev.Device
+	// ImageJSON is the content of image.json. It must hold no key material.
+	ImageJSON []byte
+	// AllowOther lets other users see the mount (allow_other) and makes the
+	// files and the directory readable by all (0444/0555).
+	AllowOther bool
+	// Debug logs every FUSE request to stderr.
+	Debug bool
+	// FsName is the "source" column of /proc/mounts (default "imgfs").
+	FsName string
+	// Logger receives device errors (the first one of the mount); default
+	// is stderr. Key material is never logged.
+	Logger *log.Logger
+}
+
+// Server is a live mount. Wait blocks until it is unmounted; Unmount
+// detaches it.
+type Server struct {
+	dir    string
+	server *fuse.Server
+	errs   *errorLog
+}
+
+// Mount mounts the image at dir and starts serving it. It returns once the
+// kernel has accepted the mount.
+func Mount(dir string, opts Options) (*Server, error) {
+	if opts.Disk == nil {
+		return nil, errors.New("fusefs: no disk to mount")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("mountpoint: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("mountpoint %s is not a directory", abs)
+	}
+	if err := CheckFuse(); err != nil {
+		return nil, err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = log.New(os.Stderr, "", 0)
+	}
+	errs := &errorLog{logger: logger}
+	fileMode, dirMode := uint32(0o400), uint32(0o500)
+	if opts.AllowOther {
+		fileMode, dirMode = 0o444, 0o555
+	}
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	root := &rootNode{mode: dirMode, uid: uid, gid: gid}
+	newFile := func(name string, dev blockdev.Device, allocated int64) *fileNode {
+		n := &fileNode{name: name, dev: dev, mode: fileMode, uid: uid, gid: gid, errs: errs}
+		n.mapper, _ = dev.(blockdev.Mapper)
+		n.blocks = uint64(dev.Size()+511) / 512
+		if allocated > 0 && allocated < dev.Size() {
+			n.blocks = uint64(allocated+511) / 512
+		}
+		return n
+	}
+	root.files = append(root.files, namedFile{DiskName, newFile(DiskName, opts.Disk, opts.DiskAllocated)})
+	if opts.Encrypted != nil {
+		root.files = append(root.files, namedFile{EncryptedName, newFile(EncryptedName, opts.Encrypted, 0)})
+	}
+	root.files = append(root.files, namedFile{ImageJSONName, newFile(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0)})
+
+	name := opts.FsName
+	if name == "" {
+		name = "imgfs"
+	}
+	timeout := cacheTimeout
+	fsOpts := &fs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		UID:             uid,
+		GID:             gid,
+		MountOptions: fuse.MountOptions{
+			FsName:        name,
+			Name:          "imgfs",
+			AllowOther:    opts.AllowOther,
+			Options:       []string{"ro", "default_permissions", "nodev", "nosuid", "noexec"},
+			MaxWrite:      maxRequest,
+			MaxReadAhead:  maxRequest,
+			MaxBackground: maxBackground,
+			DisableXAttrs: true,
+			// Replies are built from memory; splicing them costs a pipe per
+			// request and fails for 1 MiB replies (header + data > pipe size).
+			DisableSplice: true,
+			Debug:         opts.Debug,
+			Logger:        log.New(os.Stderr, "imgfs-fuse: ", 0),
+		},
+	}
+	server, err := fs.Mount(abs, root, fsOpts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", abs, explainMountError(err, opts.AllowOther))
+	}
+	raiseReadahead(abs)
+	return &Server{dir: abs, server: server, errs: errs}, nil
+}
+
+// raiseReadahead lifts the mount's readahead from the kernel's default
+// (128 KiB, which also caps FUSE_INIT's max_readahead) to maxRequest by
+// writing the backing device's read_ahead_kb in sysfs, as root can. For
+// other users the default stays: sequential readers then see 128 KiB
+// requests, while a single large read(2) still arrives in 1 MiB pieces.
+func raiseReadahead(dir string) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	_ = os.WriteFile(p, []byte(fmt.Sprint(maxRequest>>10)), 0)
+}
+
+// Dir returns the absolute mountpoint.
+func (s *Server) Dir() string { return s.dir }
+
+// Wait blocks until the file system is unmounted (by Unmount, fusermount3 -u
+// or umount) and the serve loops have ended.
+func (s *Server) Wait() { s.server.Wait() }
+
+// Unmount detaches the mount. It fails (EBUSY) while a process still has a
+// file open or its working directory inside the mount.
+func (s *Server) Unmount() error {
+	if err := s.server.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// ReadErrors returns how many reads or seeks were answered with EIO because
+// the device failed.
+func (s *Server) ReadErrors() int64 { return s.errs.Errors() }
+
+// CheckFuse reports ErrFuseMissing, with the missing piece named, when
+// /dev/fuse or fusermount3 is absent.
+func CheckFuse() error {
+	if _, err := os.Stat(devFuse); err != nil {
+		return fmt.Errorf("%s: %v: %w", devFuse, err, ErrFuseMissing)
+	}
+	if _, err := FusermountPath(); err != nil {
+		return fmt.Errorf("fusermount3 not found in PATH: %w", ErrFuseMissing)
+	}
+	return nil
+}
+
+// FusermountPath finds fusermount3 (or the older fusermount) as go-fuse
+// does: in PATH, then in /bin.
+func FusermountPath() (string, error) {
+	for _, name := range []string{"fusermount3", "fusermount"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+		if p := filepath.Join("/bin", name); isExecutable(p) {
+			return p, nil
+		}
+	}
+	return "", exec.ErrNotFound
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
+}
+
+// explainMountError adds the usual fix to the errors fusermount3 gives.
+func explainMountError(err error, allowOther bool) error {
+	msg := err.Error()
+	switch {
+	case allowOther && bytes.Contains([]byte(msg), []byte("user_allow_other")):
+		return fmt.Errorf("%w (add `user_allow_other` to /etc/fuse.conf, or mount without --allow-other)", err)
+	case bytes.Contains([]byte(msg), []byte("not connected")):
+		return fmt.Errorf("%w (a stale imgfs mount is there: run `imgfs umount` on it first)", err)
+	}
+	return err
+}
+
+// rootNode is the read-only directory holding the files.
+type rootNode struct {
+	fs.Inode
+	files         []namedFile
+	mode          uint32
+	uid, gid      uint32
+	childrenAdded bool
+}
+
+type namedFile struct {
+	name string
+	node *fileNode
+}
+
+var (
+	_ = (fs.NodeOnAdder)((*rootNode)(nil))
+	_ = (fs.NodeGetattrer)((*rootNode)(nil))
+	_ = (fs.NodeSetattrer)((*rootNode)(nil))
+	_ = (fs.NodeStatfser)((*rootNode)(nil))
+)
+
+// OnAdd creates the files once, when the root is attached to the mount.
+func (r *rootNode) OnAdd(ctx context.Context) {
+	if r.childrenAdded {
+		return
+	}
+	r.childrenAdded = true
+	for i, f := range r.files {
+		ch := r.NewPersistentInode(ctx, f.node, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i + 2)})
+		r.AddChild(f.name, ch, false)
+	}
+}
+
+// Getattr reports the directory's mode and owner.
+func (r *rootNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | r.mode
+	out.Nlink = 2
+	out.Uid, out.Gid = r.uid, r.gid
+	return 0
+}
+
+// Setattr refuses changes to the directory.
+func (r *rootNode) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+// Statfs reports a full, read-only file system holding the files' bytes,
+// so df shows the mount with its size.
+func (r *rootNode) Statfs(_ context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var total uint64
+	for _, f := range r.files {
+		total += f.node.blocks
+	}
+	out.Bsize = 512
+	out.Frsize = 512
+	out.Blocks = total
+	out.Files = uint64(len(r.files) + 1)
+	out.NameLen = 255
+	return 0
+}
