@@ -50,7 +50,7 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 	depth := workers + 2
 	mapper, _ := d.(blockdev.Mapper)
 
-	pool := sync.Pool{New: func() any { return make([]byte, copyChunk) }}
+	pool := sync.Pool{New: func() any { return new([copyChunk]byte) }}
 	work := make(chan *chunk, depth)
 	ordered := make(chan *chunk, depth)
 	ctx, cancel := context.WithCancel(ctx)
@@ -110,7 +110,7 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 			}
 		}
 		if ch.buf != nil {
-			pool.Put(ch.buf) //nolint:staticcheck // fixed-size slices
+			pool.Put((*[copyChunk]byte)(ch.buf))
 		}
 		pos += int64(ch.n)
 		if err != nil {
@@ -135,7 +135,7 @@ func fillChunk(ch *chunk, d blockdev.Device, mapper blockdev.Mapper, pool *sync.
 			return
 		}
 	}
-	ch.buf = pool.Get().([]byte)
+	ch.buf = pool.Get().(*[copyChunk]byte)[:]
 	if err := blockdev.ReadFull(d, ch.buf[:ch.n], ch.off); err != nil {
 		ch.err = err
 		return
