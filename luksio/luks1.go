@@ -25,6 +25,7 @@ const (
 	luks1CipherModeLen     = 32
 	luks1HashSpecLen       = 32
 	luks1UUIDLen           = 40
+	luks1OffsetVersion     = 6
 	luks1OffCipherName     = 8
 	luks1OffCipherMode     = 40
 	luks1OffHashSpec       = 72
