@@ -1,0 +1,320 @@
+package blockdev
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"sync"
+)
+
+// CacheOptions configure a Cache. Zero values take the defaults.
+type CacheOptions struct {
+	BlockSize int64 // bytes per block; default 1 MiB
+	MaxBytes  int64 // memory bound of loaded blocks; default 256 MiB
+	ReadAhead int   // blocks fetched ahead of a sequential reader; default 8
+	Parallel  int   // concurrent fetches from the device below; default 4
+	// Hash, when set, is the expected digest of the whole device. Blocks
+	// are hashed in order as they arrive; Verify finishes the job.
+	Hash HashSpec
+}
+
+// Defaults of CacheOptions.
+const (
+	DefaultBlockSize = 1 << 20
+	DefaultCacheSize = 256 << 20
+	DefaultReadAhead = 8
+	DefaultParallel  = 4
+)
+
+// Cache is a Device that keeps fixed-size blocks of the device below in a
+// bounded LRU. Concurrent readers of one block share one fetch; a reader
+// that goes through the device in order makes the cache fetch the next
+// blocks in parallel before they are asked for. A failed fetch is not
+// cached: the next read of the block tries again.
+type Cache struct {
+	d       Device
+	opts    CacheOptions
+	size    int64
+	nblocks int64
+	sem     chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	c       counters
+
+	mu        sync.Mutex
+	blocks    map[int64]*cblock
+	lru       list.List // of *cblock with data, most recent in front
+	used      int64
+	lastBlock int64 // last block of the previous read
+	run       int   // consecutive sequential reads
+
+	vmu     sync.Mutex
+	vhash   hash.Hash
+	vwant   []byte
+	vnext   int64 // next block to hash
+	vresult error
+	vdone   bool
+}
+
+type cblock struct {
+	idx   int64
+	ready chan struct{}
+	data  []byte
+	err   error
+	elem  *list.Element
+}
+
+// NewCache puts a block cache in front of d.
+func NewCache(d Device, opts CacheOptions) (*Cache, error) {
+	if opts.BlockSize <= 0 {
+		opts.BlockSize = DefaultBlockSize
+	}
+	if opts.BlockSize%512 != 0 {
+		return nil, fmt.Errorf("cache block size %d is not a multiple of 512", opts.BlockSize)
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultCacheSize
+	}
+	if opts.MaxBytes < opts.BlockSize {
+		opts.MaxBytes = opts.BlockSize
+	}
+	if opts.ReadAhead < 0 {
+		opts.ReadAhead = 0
+	} else if opts.ReadAhead == 0 {
+		opts.ReadAhead = DefaultReadAhead
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
+	c := &Cache{d: d, opts: opts, size: d.Size(), sem: make(chan struct{}, opts.Parallel),
+		blocks: map[int64]*cblock{}, lastBlock: -2}
+	c.nblocks = (c.size + opts.BlockSize - 1) / opts.BlockSize
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if opts.Hash.Algo != "" {
+		h, want, err := opts.Hash.newHash()
+		if err != nil {
+			return nil, err
+		}
+		c.vhash, c.vwant = h, want
+	}
+	return c, nil
+}
+
+// Size returns the size of the device below.
+func (c *Cache) Size() int64 { return c.size }
+
+// Stats returns the cache's counters plus those of the device below.
+func (c *Cache) Stats() Stats {
+	s := c.c.snapshot()
+	if r, ok := c.d.(StatsReporter); ok {
+		s = s.add(r.Stats())
+	}
+	return s
+}
+
+// Mode returns the mode of the device below (ModeRange if it has none).
+func (c *Cache) Mode() Mode {
+	if m, ok := c.d.(ModeReporter); ok {
+		return m.Mode()
+	}
+	return ModeRange
+}
+
+// Close stops read-ahead and drops the cached blocks. It does not close
+// the device below.
+func (c *Cache) Close() error {
+	c.cancel()
+	c.mu.Lock()
+	c.blocks = map[int64]*cblock{}
+	c.lru.Init()
+	c.used = 0
+	c.mu.Unlock()
+	return nil
+}
+
+// ReadAt implements io.ReaderAt.
+func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
+	n, eof := clip(p, off, c.size)
+	if n == 0 {
+		return 0, eof
+	}
+	bs := c.opts.BlockSize
+	first, last := off/bs, (off+int64(n)-1)/bs
+	blocks := make([]*cblock, 0, last-first+1)
+	for i := first; i <= last; i++ {
+		blocks = append(blocks, c.get(i, false))
+	}
+	c.readAhead(first, last)
+	done := 0
+	for _, b := range blocks {
+		select {
+		case <-b.ready:
+		case <-c.ctx.Done():
+			return done, errSourceClosed
+		}
+		if b.err != nil {
+			return done, b.err
+		}
+		start := b.idx * bs
+		lo := max(off+int64(done), start) - start
+		done += copy(p[done:n], b.data[lo:])
+	}
+	return n, eof
+}
+
+// readAhead detects sequential reading and fetches the blocks after it.
+func (c *Cache) readAhead(first, last int64) {
+	c.mu.Lock()
+	if first >= c.lastBlock && first <= c.lastBlock+1+int64(c.opts.ReadAhead) {
+		c.run++
+		c.lastBlock = max(c.lastBlock, last)
+	} else {
+		c.run = 0
+		c.lastBlock = last
+	}
+	seq := c.run >= 1
+	c.mu.Unlock()
+	if !seq || c.opts.ReadAhead == 0 {
+		return
+	}
+	for i := last + 1; i <= last+int64(c.opts.ReadAhead) && i < c.nblocks; i++ {
+		c.get(i, true)
+	}
+}
+
+// get returns block idx, starting its fetch if nobody has.
+func (c *Cache) get(idx int64, prefetch bool) *cblock {
+	c.mu.Lock()
+	if b, ok := c.blocks[idx]; ok {
+		if !prefetch {
+			c.c.hits.Add(1)
+		}
+		if b.elem != nil {
+			c.lru.MoveToFront(b.elem)
+		}
+		c.mu.Unlock()
+		return b
+	}
+	b := &cblock{idx: idx, ready: make(chan struct{})}
+	c.blocks[idx] = b
+	if prefetch {
+		c.c.readAhead.Add(1)
+	} else {
+		c.c.misses.Add(1)
+	}
+	c.mu.Unlock()
+	go c.load(b)
+	return b
+}
+
+// load fetches one block with at most Parallel fetches at a time.
+func (c *Cache) load(b *cblock) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		c.finish(b, nil, errSourceClosed)
+		return
+	}
+	bs := c.opts.BlockSize
+	start := b.idx * bs
+	buf := make([]byte, min(bs, c.size-start))
+	err := ReadFull(c.d, buf, start)
+	<-c.sem
+	c.finish(b, buf, err)
+}
+
+func (c *Cache) finish(b *cblock, data []byte, err error) {
+	c.mu.Lock()
+	if err != nil {
+		b.err = err
+		if c.blocks[b.idx] == b {
+			delete(c.blocks, b.idx) // not cached: the next read retries
+		}
+	} else {
+		b.data = data
+		if c.blocks[b.idx] == b {
+			b.elem = c.lru.PushFront(b)
+			c.used += int64(len(data))
+			for c.used > c.opts.MaxBytes && c.lru.Len() > 1 {
+				old := c.lru.Remove(c.lru.Back()).(*cblock)
+				old.elem = nil
+				delete(c.blocks, old.idx)
+				c.used -= int64(len(old.data))
+			}
+		}
+	}
+	c.mu.Unlock()
+	close(b.ready)
+	if err == nil && c.vhash != nil {
+		c.advanceVerify(false)
+	}
+}
+
+// advanceVerify hashes loaded blocks in order from vnext on. With wait
+// false it gives up at once if another goroutine is hashing.
+func (c *Cache) advanceVerify(wait bool) {
+	if wait {
+		c.vmu.Lock()
+	} else if !c.vmu.TryLock() {
+		return
+	}
+	defer c.vmu.Unlock()
+	for c.vnext < c.nblocks {
+		var data []byte
+		c.mu.Lock()
+		if b, ok := c.blocks[c.vnext]; ok {
+			data = b.data
+		}
+		c.mu.Unlock()
+		if data == nil {
+			return
+		}
+		c.vhash.Write(data)
+		c.vnext++
+	}
+}
+
+// Verify checks the whole device against CacheOptions.Hash: blocks hashed
+// as they arrived count, the rest are read now (through the cache). It
+// returns an error wrapping ErrIntegrity on a mismatch.
+func (c *Cache) Verify(ctx context.Context) error {
+	if c.vhash == nil {
+		return errors.New("no checksum to verify against")
+	}
+	c.vmu.Lock()
+	defer c.vmu.Unlock()
+	if c.vdone {
+		return c.vresult
+	}
+	for c.vnext < c.nblocks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := c.get(c.vnext, false)
+		select {
+		case <-b.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if b.err != nil {
+			return b.err
+		}
+		c.vhash.Write(b.data)
+		c.vnext++
+	}
+	c.vdone = true
+	if got := c.vhash.Sum(nil); !bytes.Equal(got, c.vwant) {
+		c.vresult = fmt.Errorf("%s of the image is %x, metadata says %x: %w", c.opts.Hash.Algo, got, c.vwant, ErrIntegrity)
+	}
+	return c.vresult
+}
+
+// VerifiedPrefix returns how many bytes from the start have been hashed.
+func (c *Cache) VerifiedPrefix() int64 {
+	c.vmu.Lock()
+	defer c.vmu.Unlock()
+	return min(c.vnext*c.opts.BlockSize, c.size)
+}

@@ -1,0 +1,61 @@
+package blockdev
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Stats are the counters of a remote source and the cache in front of it.
+type Stats struct {
+	Requests     int64 `json:"requests"`      // HTTP requests sent (including retries)
+	BytesFetched int64 `json:"bytes_fetched"` // response body bytes received
+	Retries      int64 `json:"retries"`       // requests repeated after a transient failure
+	TokenRenewal int64 `json:"token_renewals"`
+	CacheHits    int64 `json:"cache_hits"`   // block lookups served from memory (or joined a fetch in flight)
+	CacheMisses  int64 `json:"cache_misses"` // block lookups that had to fetch
+	ReadAhead    int64 `json:"read_ahead"`   // blocks fetched ahead of a sequential reader
+}
+
+// String formats the counters on one line for `imgfs cat --stats`.
+func (s Stats) String() string {
+	return fmt.Sprintf("%d requests, %s fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
+		s.Requests, humanize.IBytes(uint64(s.BytesFetched)), s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
+}
+
+// StatsReporter is implemented by devices that keep Stats: the HTTP source
+// and the Cache (whose Stats include those of the device below it).
+type StatsReporter interface {
+	Stats() Stats
+}
+
+// counters is the shared, lock-free form of Stats.
+type counters struct {
+	requests, bytes, retries, renewals, hits, misses, readAhead atomic.Int64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Requests:     c.requests.Load(),
+		BytesFetched: c.bytes.Load(),
+		Retries:      c.retries.Load(),
+		TokenRenewal: c.renewals.Load(),
+		CacheHits:    c.hits.Load(),
+		CacheMisses:  c.misses.Load(),
+		ReadAhead:    c.readAhead.Load(),
+	}
+}
+
+// add returns the sum of two Stats (the cache's and its source's).
+func (s Stats) add(o Stats) Stats {
+	return Stats{
+		Requests:     s.Requests + o.Requests,
+		BytesFetched: s.BytesFetched + o.BytesFetched,
+		Retries:      s.Retries + o.Retries,
+		TokenRenewal: s.TokenRenewal + o.TokenRenewal,
+		CacheHits:    s.CacheHits + o.CacheHits,
+		CacheMisses:  s.CacheMisses + o.CacheMisses,
+		ReadAhead:    s.ReadAhead + o.ReadAhead,
+	}
+}

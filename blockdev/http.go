@@ -1,0 +1,518 @@
+package blockdev
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Mode says how an HTTP source reads: by ranges, or through one streaming
+// download when the server ignores or refuses Range requests.
+type Mode string
+
+// Modes of an HTTP source.
+const (
+	// ModeRange reads every block with its own `Range: bytes=a-b` request.
+	ModeRange Mode = "range"
+	// ModeSequential streams the whole object once into a sparse local
+	// file and serves reads as their bytes arrive. Glance answers this way
+	// for images on RBD, Swift or S3 stores (400 to any Range request).
+	ModeSequential Mode = "sequential"
+)
+
+// ModeReporter is implemented by devices that know their read mode.
+type ModeReporter interface {
+	Mode() Mode
+}
+
+var (
+	// ErrIntegrity means downloaded bytes do not match the checksum the
+	// image's metadata states.
+	ErrIntegrity = errors.New("integrity check failed")
+	// ErrRemote means a server refused a request for a reason retrying
+	// cannot fix (403, 404, a malformed answer).
+	ErrRemote = errors.New("remote source error")
+	// errUnauthorized is a 401, which a token renewal may fix once.
+	errUnauthorized = errors.New("HTTP 401 Unauthorized")
+)
+
+// TokenSource supplies the token sent with each request. Renew is called
+// once when a request is answered 401 with the token that was rejected.
+type TokenSource interface {
+	Token(ctx context.Context) (string, error)
+	Renew(ctx context.Context, stale string) (string, error)
+}
+
+// HashSpec is an expected digest of a whole object: Algo is sha512, sha256
+// or md5 and Value its lowercase hex.
+type HashSpec struct {
+	Algo  string
+	Value string
+}
+
+func (s HashSpec) newHash() (hash.Hash, []byte, error) {
+	want, err := hex.DecodeString(strings.ToLower(strings.TrimSpace(s.Value)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("checksum %q is not hex", s.Value)
+	}
+	var h hash.Hash
+	switch strings.ToLower(s.Algo) {
+	case "sha512":
+		h = sha512.New()
+	case "sha256":
+		h = sha256.New()
+	case "md5":
+		h = md5.New()
+	default:
+		return nil, nil, fmt.Errorf("unknown hash algorithm %q: %w", s.Algo, ErrUnsupported)
+	}
+	if len(want) != h.Size() {
+		return nil, nil, fmt.Errorf("%s checksum has %d bytes, want %d", s.Algo, len(want), h.Size())
+	}
+	return h, want, nil
+}
+
+// HTTPOptions configure an HTTP source.
+type HTTPOptions struct {
+	// Client sends the requests; nil means a client with keep-alive
+	// connections for several parallel readers.
+	Client *http.Client
+	// Size is the object's size when the caller knows it (Glance
+	// metadata); 0 means learn it from the first response.
+	Size int64
+	// Token, when set, is sent in TokenHeader (default X-Auth-Token).
+	Token       TokenSource
+	TokenHeader string
+	// Retry bounds retries of transient failures.
+	Retry RetryPolicy
+	// RequestTimeout bounds one range request; default 2 minutes.
+	RequestTimeout time.Duration
+	// CacheDir holds the sparse file of sequential mode; default
+	// $XDG_CACHE_HOME/imgfs (or ~/.cache/imgfs), else the temp dir.
+	CacheDir string
+	// Name names the source in messages; default the URL without
+	// credentials or query.
+	Name string
+	// Hash, when set, is checked once the whole object has streamed by
+	// (sequential mode).
+	Hash HashSpec
+	// SeqAhead bounds how far sequential mode downloads past the furthest
+	// byte asked for; default 64 MiB.
+	SeqAhead int64
+}
+
+// HTTP is a Device over an object served by HTTP(S) range requests. Every
+// response is validated: 206 with the Content-Range asked for and a body of
+// exactly that length; anything else is retried or reported, never used.
+type HTTP struct {
+	url    string
+	name   string
+	opts   HTTPOptions
+	client *http.Client
+	size   int64
+	ctx    context.Context
+	cancel context.CancelFunc
+	c      counters
+
+	mu  sync.Mutex
+	seq *sequential // non-nil in sequential mode
+
+	tokMu sync.Mutex
+	token string
+}
+
+// NewHTTPClient returns a client whose transport keeps enough idle
+// connections for parallel block fetches to reuse them.
+func NewHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 64
+	t.MaxIdleConnsPerHost = 16
+	t.ResponseHeaderTimeout = 60 * time.Second
+	t.DisableCompression = true // a gzip-encoded body would not be the bytes of the range
+	return &http.Client{Transport: t}
+}
+
+// RedactURL returns u without user info, query or fragment: what may be
+// printed of a URL that might carry credentials or signatures.
+func RedactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	p.User = nil
+	if p.RawQuery != "" {
+		p.RawQuery = ""
+		p.ForceQuery = false
+		return p.String() + "?…"
+	}
+	p.Fragment = ""
+	return p.String()
+}
+
+// OpenHTTP opens rawURL. Unless opts.Size is given, one 1-byte range
+// request learns the size (and whether the server honours ranges).
+func OpenHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (*HTTP, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%s: not an http(s) URL", RedactURL(rawURL))
+	}
+	h := &HTTP{url: rawURL, name: opts.Name, opts: opts, client: opts.Client, size: opts.Size}
+	if h.name == "" {
+		h.name = RedactURL(rawURL)
+	}
+	if h.client == nil {
+		h.client = NewHTTPClient()
+	}
+	if h.opts.TokenHeader == "" {
+		h.opts.TokenHeader = "X-Auth-Token"
+	}
+	if h.opts.RequestTimeout <= 0 {
+		h.opts.RequestTimeout = 2 * time.Minute
+	}
+	if h.opts.SeqAhead <= 0 {
+		h.opts.SeqAhead = 64 << 20
+	}
+	h.ctx, h.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if opts.Token != nil {
+		if h.token, err = opts.Token.Token(ctx); err != nil {
+			h.cancel()
+			return nil, fmt.Errorf("%s: token: %w", h.name, err)
+		}
+	}
+	if h.size <= 0 {
+		if err := h.probe(ctx); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// probe learns the size from a 1-byte range request.
+func (h *HTTP) probe(ctx context.Context) error {
+	var total int64 = -1
+	one := make([]byte, 1)
+	err := h.withRetry(ctx, func() error {
+		var err error
+		total, err = h.rangeOnce(ctx, one, 0, true)
+		return err
+	})
+	var sw *switchError
+	if errors.As(err, &sw) {
+		return h.switchToSequential(sw)
+	}
+	if err != nil {
+		return err
+	}
+	if total < 0 {
+		return fmt.Errorf("%s: the server did not say the size (Content-Range total is *): %w", h.name, ErrRemote)
+	}
+	h.size = total
+	return nil
+}
+
+// Size returns the object's size in bytes.
+func (h *HTTP) Size() int64 { return h.size }
+
+// Name returns the source's printable name (no credentials).
+func (h *HTTP) Name() string { return h.name }
+
+// Mode returns how the source reads now.
+func (h *HTTP) Mode() Mode {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seq != nil {
+		return ModeSequential
+	}
+	return ModeRange
+}
+
+// Stats returns the request and byte counters.
+func (h *HTTP) Stats() Stats { return h.c.snapshot() }
+
+// Close stops any download in progress and removes the sequential cache.
+func (h *HTTP) Close() error {
+	h.cancel()
+	h.mu.Lock()
+	s := h.seq
+	h.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+	return nil
+}
+
+// ReadAt implements io.ReaderAt. It returns verified bytes or an error.
+func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
+	n, eof := clip(p, off, h.size)
+	if n == 0 {
+		return 0, eof
+	}
+	h.mu.Lock()
+	s := h.seq
+	h.mu.Unlock()
+	if s == nil {
+		err := h.withRetry(h.ctx, func() error {
+			_, err := h.rangeOnce(h.ctx, p[:n], off, false)
+			return err
+		})
+		var sw *switchError
+		switch {
+		case errors.As(err, &sw):
+			if err := h.switchToSequential(sw); err != nil {
+				return 0, err
+			}
+		case err != nil:
+			return 0, err
+		default:
+			return n, eof
+		}
+		h.mu.Lock()
+		s = h.seq
+		h.mu.Unlock()
+	}
+	if err := s.readAt(p[:n], off); err != nil {
+		return 0, err
+	}
+	return n, eof
+}
+
+// withRetry runs one request under the retry policy, renewing the token
+// once on a 401.
+func (h *HTTP) withRetry(ctx context.Context, fn func() error) error {
+	renewed := false
+	return retry(ctx, h.opts.Retry, func() { h.c.retries.Add(1) }, func() error {
+		for {
+			err := fn()
+			if !errors.Is(err, errUnauthorized) || h.opts.Token == nil || renewed {
+				return err
+			}
+			renewed = true
+			if rerr := h.renew(ctx); rerr != nil {
+				return fmt.Errorf("%w; renewing the token failed: %v", err, rerr)
+			}
+		}
+	})
+}
+
+func (h *HTTP) currentToken() string {
+	h.tokMu.Lock()
+	defer h.tokMu.Unlock()
+	return h.token
+}
+
+func (h *HTTP) renew(ctx context.Context) error {
+	h.tokMu.Lock()
+	defer h.tokMu.Unlock()
+	t, err := h.opts.Token.Renew(ctx, h.token)
+	if err != nil {
+		return err
+	}
+	h.token = t
+	h.c.renewals.Add(1)
+	return nil
+}
+
+// newRequest builds a GET with the token; rng is "" for the whole object.
+func (h *HTTP) newRequest(ctx context.Context, rng string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", h.name, err)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	if h.opts.Token != nil {
+		req.Header.Set(h.opts.TokenHeader, h.currentToken())
+	}
+	return req, nil
+}
+
+// do sends req and classifies transport failures as transient.
+func (h *HTTP) do(ctx context.Context, req *http.Request, what string) (*http.Response, error) {
+	h.c.requests.Add(1)
+	resp, err := h.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil && h.ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %s: %w", h.name, what, context.Canceled)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message repeats the URL, which may carry secrets
+		}
+		return nil, &transientError{err: fmt.Errorf("%s: %s: %v", h.name, what, err)}
+	}
+	return resp, nil
+}
+
+// statusError turns an unusable status into an error: transient for 5xx,
+// 408 and 429 (with Retry-After), errUnauthorized for 401, permanent else.
+func (h *HTTP) statusError(resp *http.Response, what string) error {
+	msg := fmt.Sprintf("%s: %s: HTTP %s", h.name, what, resp.Status)
+	switch code := resp.StatusCode; {
+	case code == http.StatusUnauthorized:
+		return fmt.Errorf("%s (token rejected): %w", msg, errUnauthorized)
+	case code == http.StatusForbidden:
+		return fmt.Errorf("%s (access denied): %w", msg, ErrRemote)
+	case code == http.StatusNotFound:
+		return fmt.Errorf("%s (no such object): %w", msg, ErrRemote)
+	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
+		return &transientError{err: errors.New(msg), retryAfter: retryAfter(resp.Header.Get("Retry-After"))}
+	default:
+		return fmt.Errorf("%s: %w", msg, ErrRemote)
+	}
+}
+
+func retryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), time.Millisecond)
+	}
+	return 0
+}
+
+// switchError carries the answer that shows a server does not do ranges:
+// a 200 with the full body (kept open to stream from) or a 400/416.
+type switchError struct {
+	resp   *http.Response     // 200 only
+	cancel context.CancelFunc // ends resp's request
+	status string
+}
+
+func (e *switchError) Error() string { return "server does not honour Range: " + e.status }
+
+// rangeOnce sends one range request for len(p) bytes at off and fills p.
+// probe allows the answer to say only the total size (1-byte request).
+// It returns the total size from Content-Range (-1 if "*").
+func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (int64, error) {
+	end := off + int64(len(p)) - 1
+	what := fmt.Sprintf("GET bytes=%d-%d", off, end)
+	// A timer rather than WithTimeout: a 200 answer's body must outlive
+	// this call as the sequential stream, which then owns cancel.
+	rctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(h.opts.RequestTimeout, cancel)
+	keep := false
+	defer func() {
+		if !keep {
+			timer.Stop()
+			cancel()
+		}
+	}()
+	req, err := h.newRequest(rctx, fmt.Sprintf("bytes=%d-%d", off, end))
+	if err != nil {
+		return -1, err
+	}
+	resp, err := h.do(ctx, req, what)
+	if err != nil {
+		return -1, err
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+	case http.StatusOK:
+		// The full object instead of the range. It is usable as the
+		// sequential stream only if it is the whole object.
+		if resp.ContentLength >= 0 && h.size > 0 && resp.ContentLength != h.size {
+			resp.Body.Close()
+			return -1, fmt.Errorf("%s: %s: HTTP 200 with %d bytes for an object of %d: %w", h.name, what, resp.ContentLength, h.size, ErrRemote)
+		}
+		if !timer.Stop() {
+			resp.Body.Close()
+			return -1, &transientError{err: fmt.Errorf("%s: %s: timed out", h.name, what)}
+		}
+		keep = true
+		return -1, &switchError{resp: resp, cancel: cancel, status: resp.Status}
+	case http.StatusBadRequest, http.StatusRequestedRangeNotSatisfiable:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if !probe && h.size > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && resp.Header.Get("Content-Range") != "" {
+			return -1, fmt.Errorf("%s: %s: HTTP %s (%s): %w", h.name, what, resp.Status, resp.Header.Get("Content-Range"), ErrRemote)
+		}
+		return -1, &switchError{status: resp.Status}
+	default:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return -1, h.statusError(resp, what)
+	}
+	defer resp.Body.Close()
+	cr := resp.Header.Get("Content-Range")
+	a, b, total, err := parseContentRange(cr)
+	if err != nil {
+		return -1, fmt.Errorf("%s: %s: bad Content-Range %q: %w", h.name, what, cr, ErrRemote)
+	}
+	if a != off || (b != end && !(probe && b >= a)) {
+		return -1, fmt.Errorf("%s: %s: server sent Content-Range %q: %w", h.name, what, cr, ErrRemote)
+	}
+	if total >= 0 && h.size > 0 && total != h.size {
+		return -1, fmt.Errorf("%s: %s: object is %d bytes, expected %d (changed?): %w", h.name, what, total, h.size, ErrRemote)
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != b-a+1 {
+		return -1, fmt.Errorf("%s: %s: Content-Length %d does not match Content-Range %q: %w", h.name, what, resp.ContentLength, cr, ErrRemote)
+	}
+	n, err := io.ReadFull(resp.Body, p)
+	h.c.bytes.Add(int64(n))
+	if err != nil {
+		return -1, &transientError{err: fmt.Errorf("%s: %s: short body (%d of %d bytes): %v", h.name, what, n, len(p), err)}
+	}
+	return total, nil
+}
+
+// parseContentRange reads "bytes a-b/total" (total may be "*": -1).
+func parseContentRange(v string) (a, b, total int64, err error) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !ok {
+		return 0, 0, 0, errors.New("no bytes unit")
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, 0, 0, errors.New("no total")
+	}
+	as, bs, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, 0, errors.New("no range")
+	}
+	if a, err = strconv.ParseInt(as, 10, 64); err != nil || a < 0 {
+		return 0, 0, 0, errors.New("bad start")
+	}
+	if b, err = strconv.ParseInt(bs, 10, 64); err != nil || b < a {
+		return 0, 0, 0, errors.New("bad end")
+	}
+	total = -1
+	if tot != "*" {
+		if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total <= b {
+			return 0, 0, 0, errors.New("bad total")
+		}
+	}
+	return a, b, total, nil
+}
+
+// CacheDirDefault is where sequential mode keeps its sparse files when no
+// directory is given: $XDG_CACHE_HOME/imgfs, ~/.cache/imgfs, or the temp dir.
+func CacheDirDefault() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "imgfs")
+	}
+	if d, err := os.UserHomeDir(); err == nil && d != "" {
+		return filepath.Join(d, ".cache", "imgfs")
+	}
+	return os.TempDir()
+}
