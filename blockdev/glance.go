@@ -1,0 +1,185 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
+)
+
+// ErrImageNotActive means a Glance image has no data to read yet (or any
+// more): its status is not "active".
+var ErrImageNotActive = errors.New("image is not active")
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// GlanceID returns the image id of a SOURCE that names a Glance image: a
+// bare UUID or "glance:<id>".
+func GlanceID(spec string) (string, bool) {
+	if id, ok := strings.CutPrefix(spec, "glance:"); ok && id != "" {
+		return id, true
+	}
+	if uuidRE.MatchString(spec) {
+		return spec, true
+	}
+	return "", false
+}
+
+// GlanceImage is the metadata of a Glance image that imgfs uses.
+type GlanceImage struct {
+	ID, Name, DiskFormat, ContainerFormat, Status string
+	Size                                          int64
+	Checksum                                      string // md5
+	// Properties are the image's custom properties (os_encrypt_*, ...).
+	Properties map[string]any
+}
+
+// Property returns a custom property as a string ("" if absent).
+func (g *GlanceImage) Property(name string) string {
+	switch v := g.Properties[name].(type) {
+	case string:
+		return v
+	case nil:
+		return ""
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Hash returns the checksum to verify a full download against: the
+// multihash (os_hash_algo/os_hash_value) when present, else the md5.
+func (g *GlanceImage) Hash() HashSpec {
+	if a, v := g.Property("os_hash_algo"), g.Property("os_hash_value"); a != "" && v != "" {
+		return HashSpec{Algo: a, Value: v}
+	}
+	if g.Checksum != "" {
+		return HashSpec{Algo: "md5", Value: g.Checksum}
+	}
+	return HashSpec{}
+}
+
+// Stated returns what the metadata says the image is: the outer format
+// (raw, luks or qcow2; "" for other disk formats, which imgfs still
+// detects from the bytes) and whether it is encrypted. os_encrypt_format
+// (LUKSv1, luks, … compared case-insensitively) or a legacy
+// cinder_encryption_key_id mean encrypted; Cinder-made raw LUKS images
+// say disk_format raw, which then states "luks".
+func (g *GlanceImage) Stated() (format string, encrypted bool) {
+	ef := strings.ToLower(g.Property("os_encrypt_format"))
+	encrypted = ef != "" || g.Property("cinder_encryption_key_id") != ""
+	switch df := strings.ToLower(g.DiskFormat); df {
+	case "qcow2", "luks":
+		format = df
+	case "raw":
+		format = "raw"
+		if encrypted {
+			format = "luks"
+		}
+	}
+	return format, encrypted
+}
+
+// KeyID returns the Barbican secret holding the image's key:
+// os_encrypt_key_id, else the legacy cinder_encryption_key_id.
+func (g *GlanceImage) KeyID() string {
+	if k := g.Property("os_encrypt_key_id"); k != "" {
+		return k
+	}
+	return g.Property("cinder_encryption_key_id")
+}
+
+// GetImage reads a Glance image's metadata.
+func (c *Cloud) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
+	client, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("glance: %w", err)
+	}
+	img, err := images.Get(ctx, client, id).Extract()
+	if err != nil {
+		switch HTTPStatus(err) {
+		case http.StatusNotFound:
+			return nil, fmt.Errorf("glance image %s: not found (HTTP 404): %w", id, ErrRemote)
+		case http.StatusForbidden:
+			return nil, fmt.Errorf("glance image %s: access denied (HTTP 403): %w", id, ErrRemote)
+		}
+		return nil, fmt.Errorf("glance image %s: %s", id, describeAPIError(err))
+	}
+	return &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
+		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties}, nil
+}
+
+// GlanceOptions configure OpenGlance.
+type GlanceOptions struct {
+	HTTP  HTTPOptions  // Client, Token, Size, Name and Hash are set by OpenGlance
+	Cache CacheOptions // Hash is set by OpenGlance
+}
+
+// Glance is a Device over a Glance image's data: the HTTP source of
+// /v2/images/{id}/file with the session's token, behind a block Cache.
+type Glance struct {
+	*Cache
+	HTTP  *HTTP
+	Image *GlanceImage
+}
+
+// OpenGlance resolves image id and opens its data. The image must be
+// active.
+func OpenGlance(ctx context.Context, cloud *Cloud, id string, opts GlanceOptions) (*Glance, error) {
+	img, err := cloud.GetImage(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if img.Status != "active" {
+		return nil, fmt.Errorf("glance image %s (%q) is %s, not active: it has no data to read: %w", id, img.Name, img.Status, ErrImageNotActive)
+	}
+	if img.Size <= 0 {
+		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, ErrRemote)
+	}
+	client, err := openstack.NewImageV2(cloud.Provider, cloud.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("glance: %w", err)
+	}
+	ho := opts.HTTP
+	ho.Client = cloud.HTTP
+	ho.Token = cloud.TokenSource()
+	ho.Size = img.Size
+	ho.Name = "glance image " + id
+	ho.Hash = img.Hash()
+	h, err := OpenHTTP(ctx, client.ServiceURL("images", id, "file"), ho)
+	if err != nil {
+		return nil, err
+	}
+	co := opts.Cache
+	co.Hash = ho.Hash
+	c, err := NewCache(h, co)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Glance{Cache: c, HTTP: h, Image: img}, nil
+}
+
+// Close stops all downloads.
+func (g *Glance) Close() error {
+	g.Cache.Close()
+	return g.HTTP.Close()
+}
+
+// Verify checks the whole image against its Glance checksum, reading
+// what has not been read yet. It returns an error wrapping ErrIntegrity on
+// a mismatch, and nil without checking when the image has no checksum.
+func (g *Glance) Verify(ctx context.Context) error {
+	if g.Image.Hash().Algo == "" {
+		return nil
+	}
+	if g.HTTP.Mode() == ModeSequential {
+		_, err := g.HTTP.VerifyAll()
+		return err
+	}
+	return g.Cache.Verify(ctx)
+}
