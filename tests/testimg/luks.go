@@ -77,7 +77,7 @@ func CryptsetupFormat(t testing.TB, path string, size int64, pass string, args .
 		t.Fatal(err)
 	}
 	f.Close()
-	pf := passFile(t, pass)
+	pf := PassFile(t, pass)
 	a := append([]string{"luksFormat", "--batch-mode", "--key-file", pf}, args...)
 	Run(t, "cryptsetup", append(a, path)...)
 }
@@ -86,8 +86,8 @@ func CryptsetupFormat(t testing.TB, path string, size int64, pass string, args .
 func CryptsetupAddKey(t testing.TB, path, pass, newPass string, args ...string) {
 	t.Helper()
 	Need(t, "cryptsetup")
-	a := append([]string{"luksAddKey", "--batch-mode", "--key-file", passFile(t, pass)}, args...)
-	Run(t, "cryptsetup", append(a, path, passFile(t, newPass))...)
+	a := append([]string{"luksAddKey", "--batch-mode", "--key-file", PassFile(t, pass)}, args...)
+	Run(t, "cryptsetup", append(a, path, PassFile(t, newPass))...)
 }
 
 // CryptsetupVolumeKey returns the volume key and the payload offset in
@@ -95,7 +95,7 @@ func CryptsetupAddKey(t testing.TB, path, pass, newPass string, args ...string) 
 func CryptsetupVolumeKey(t testing.TB, path, pass string) (key []byte, payloadOffset int64) {
 	t.Helper()
 	Need(t, "cryptsetup")
-	out := Run(t, "cryptsetup", "luksDump", "--dump-master-key", "--batch-mode", "--key-file", passFile(t, pass), path)
+	out := Run(t, "cryptsetup", "luksDump", "--dump-master-key", "--batch-mode", "--key-file", PassFile(t, pass), path)
 	var hexKey strings.Builder
 	inKey := false
 	payloadOffset = -1
@@ -123,7 +123,9 @@ func CryptsetupVolumeKey(t testing.TB, path, pass string) (key []byte, payloadOf
 	return key, payloadOffset
 }
 
-func passFile(t testing.TB, pass string) string {
+// PassFile writes pass to a temporary file (for cryptsetup --key-file)
+// and returns its path.
+func PassFile(t testing.TB, pass string) string {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "pass")
 	if err != nil {
