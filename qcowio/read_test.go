@@ -21,41 +21,42 @@ func scattered(cs int64) [][]W {
 
 func TestReadMatchesPlaintextAndQemu(t *testing.T) {
 	cases := []struct {
-		name string
-		spec testimg.QcowImage
+		name           string
+		spec           testimg.QcowImage
+		wantCompressed bool
 	}{
-		{"v3 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=4096", Passes: scattered(4096)}},
-		{"v3 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=65536", Passes: scattered(65536)}},
-		{"v3 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "cluster_size=2097152", Passes: scattered(2 << 20)}},
-		{"v2 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10,cluster_size=4096", Passes: scattered(4096)}},
-		{"v2 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10", Passes: scattered(65536)}},
-		{"v2 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "compat=0.10,cluster_size=2097152", Passes: scattered(2 << 20)}},
+		{"v3 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=4096", Passes: scattered(4096)}, false},
+		{"v3 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=65536", Passes: scattered(65536)}, false},
+		{"v3 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "cluster_size=2097152", Passes: scattered(2 << 20)}, false},
+		{"v2 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10,cluster_size=4096", Passes: scattered(4096)}, false},
+		{"v2 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10", Passes: scattered(65536)}, false},
+		{"v2 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "compat=0.10,cluster_size=2097152", Passes: scattered(2 << 20)}, false},
 		{"v3 zero clusters over data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=4096", Passes: [][]W{
 			{{Off: 0, Len: 1 << 20, Seed: 8}},
 			{{Off: 64 << 10, Len: 64 << 10, Zero: true}, {Off: 512 << 10, Len: 4096, Zero: true}},
-		}}},
+		}}, false},
 		{"v2 zero writes over data", testimg.QcowImage{Size: 2 << 20, Options: "compat=0.10,cluster_size=4096", Passes: [][]W{
 			{{Off: 0, Len: 1 << 20, Seed: 9}},
 			{{Off: 64 << 10, Len: 64 << 10, Zero: true}},
-		}}},
+		}}, false},
 		{"zlib compressed clusters among data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=65536", Passes: [][]W{
 			{{Off: 0, Len: 256 << 10, Compressed: true, Seed: 10}, {Off: 1 << 20, Len: 64 << 10, Seed: 11}},
 			{{Off: 1<<20 + 64<<10, Len: 128 << 10, Compressed: true, Seed: 12}},
-		}}},
+		}}, true},
 		{"zstd compressed clusters among data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=65536,compression_type=zstd", Passes: [][]W{
 			{{Off: 0, Len: 256 << 10, Compressed: true, Seed: 13}, {Off: 1 << 20, Len: 64 << 10, Seed: 14}},
 			{{Off: 1<<20 + 64<<10, Len: 128 << 10, Compressed: true, Seed: 15}},
-		}}},
+		}}, true},
 		{"zstd compressed 2M clusters", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=2097152,compression_type=zstd", Passes: [][]W{
 			{{Off: 2 << 20, Len: 2 << 20, Compressed: true, Seed: 16}},
-		}}},
+		}}, true},
 		{"extended L2 subclusters", testimg.QcowImage{Size: 4 << 20, Options: "cluster_size=65536,extended_l2=on", Passes: [][]W{
 			{{Off: 1 << 20, Len: 2048, Seed: 17}, {Off: 1<<20 + 8192, Len: 4096, Seed: 18}, {Off: 3<<20 + 100, Len: 5000, Seed: 19}},
 			{{Off: 1<<20 + 4096, Len: 2048, Zero: true}, {Off: 0, Len: 128 << 10, Seed: 20}, {Off: 32 << 10, Len: 4096, Zero: true}},
-		}}},
+		}}, false},
 		{"extended L2 compressed", testimg.QcowImage{Size: 1 << 20, Options: "cluster_size=65536,extended_l2=on", Passes: [][]W{
 			{{Off: 64 << 10, Len: 128 << 10, Compressed: true, Seed: 21}},
-		}}},
+		}}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,6 +65,9 @@ func TestReadMatchesPlaintextAndQemu(t *testing.T) {
 			img := openImage(t, path)
 			if img.Size() != tc.spec.Size {
 				t.Fatalf("Size = %d, want %d", img.Size(), tc.spec.Size)
+			}
+			if pct := testimg.CompressedClusters(t, path); tc.wantCompressed == (pct == "0.00") {
+				t.Fatalf("qemu-img check: %s%% compressed clusters, want compressed clusters: %v", pct, tc.wantCompressed)
 			}
 			mustEqual(t, "qemu-img convert vs plaintext", testimg.QemuRaw(t, path, ""), plain)
 			checkAllReads(t, img, plain)
@@ -97,6 +101,9 @@ func TestReadConvertedImages(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			path := testimg.ConvertQcow2(t, t.TempDir(), "img.qcow2", raw, tc.options, "", tc.compress)
+			if pct := testimg.CompressedClusters(t, path); tc.compress == (pct == "0.00") {
+				t.Fatalf("qemu-img check: %s%% compressed clusters, want compressed clusters: %v", pct, tc.compress)
+			}
 			img := openImage(t, path)
 			mustEqual(t, "qemu-img convert -O raw vs source", testimg.QemuRaw(t, path, ""), raw)
 			checkAllReads(t, img, raw)

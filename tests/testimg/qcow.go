@@ -14,8 +14,9 @@ type QcowWrite struct {
 	Off, Len int64
 	// Zero writes zeroes (`write -z`) instead of data.
 	Zero bool
-	// Compressed writes a compressed cluster (`write -c`); Off and Len must
-	// cover whole clusters.
+	// Compressed writes compressed clusters (`write -c`); Off and Len must
+	// cover whole clusters. The data is made compressible (random bytes of
+	// a four-letter alphabet): qemu stores incompressible data uncompressed.
 	Compressed bool
 	// Seed selects the pseudo-random data written (RandomBytes).
 	Seed uint64
@@ -38,8 +39,7 @@ type QcowImage struct {
 // MakeQcow2 creates a qcow2 image in dir with qemu-img and writes the passes
 // with qemu-io. It returns the image path and the plaintext virtual disk the
 // writes describe (zeros where nothing was written). For disks larger than
-// MaxPlaintext the plaintext stops at the end of the last write: the rest of
-// the disk is zeros.
+// MaxPlaintext the plaintext covers only the first MaxPlaintext bytes.
 func MakeQcow2(t testing.TB, dir, name string, spec QcowImage) (string, []byte) {
 	t.Helper()
 	Need(t, "qemu-img", "qemu-io")
@@ -55,44 +55,67 @@ func MakeQcow2(t testing.TB, dir, name string, spec QcowImage) (string, []byte) 
 	}
 	args = append(args, path, fmt.Sprint(spec.Size))
 	QemuImg(t, args...)
-	plainLen := spec.Size
-	if plainLen > MaxPlaintext {
-		plainLen = 0
-		for _, pass := range spec.Passes {
-			for _, w := range pass {
-				plainLen = max(plainLen, w.Off+w.Len)
-			}
-		}
-	}
-	plain := make([]byte, plainLen)
-	for pi, pass := range spec.Passes {
+	plain := make([]byte, min(spec.Size, MaxPlaintext))
+	WriteQcow2(t, path, spec.Passphrase, plain, spec.Passes)
+	return path, plain
+}
+
+// MaxPlaintext is the largest disk whose whole plaintext MakeQcow2 returns.
+const MaxPlaintext = 64 << 20
+
+// WriteQcow2 applies passes of writes to an existing qcow2 image with
+// qemu-io (one run per pass, so later passes allocate host clusters after
+// earlier ones) and applies the same writes to plain, which may be shorter
+// than the disk: the parts of writes past its end are not tracked.
+func WriteQcow2(t testing.TB, path, passphrase string, plain []byte, passes [][]QcowWrite) {
+	t.Helper()
+	Need(t, "qemu-io")
+	for pi, pass := range passes {
 		if len(pass) == 0 {
 			continue
 		}
-		io := qemuIOArgs(path, spec.Passphrase)
+		io := qemuIOArgs(path, passphrase)
 		for wi, w := range pass {
 			switch {
 			case w.Zero:
 				io = append(io, "-c", fmt.Sprintf("write -q -z %d %d", w.Off, w.Len))
-				clear(plain[w.Off : w.Off+w.Len])
+				clear(plain[min(w.Off, int64(len(plain))):min(w.Off+w.Len, int64(len(plain)))])
 			default:
 				data := RandomBytes(int(w.Len), w.Seed)
-				src := WriteFile(t, dir, fmt.Sprintf("%s.pass%d.w%d", name, pi, wi), data)
+				if w.Compressed {
+					for i := range data {
+						data[i] &= 3
+					}
+				}
+				src := fmt.Sprintf("%s.pass%d.w%d", path, pi, wi)
+				if err := os.WriteFile(src, data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(src)
 				flag := ""
 				if w.Compressed {
 					flag = "-c "
 				}
 				io = append(io, "-c", fmt.Sprintf("write -q %s-s %s %d %d", flag, src, w.Off, w.Len))
-				copy(plain[w.Off:], data)
+				copy(plain[min(w.Off, int64(len(plain))):], data)
 			}
 		}
 		QemuIO(t, io...)
 	}
-	return path, plain
 }
 
-// MaxPlaintext is the largest disk whose whole plaintext MakeQcow2 returns.
-const MaxPlaintext = 1 << 30
+// CopyFile copies src to dst (to derive several vectors from one costly
+// qcow2+LUKS creation).
+func CopyFile(t testing.TB, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // ConvertQcow2 writes raw to a file and converts it with `qemu-img convert
 // -O qcow2` (zero clusters stay unallocated). With a passphrase the result is
@@ -136,6 +159,21 @@ func QemuRaw(t testing.TB, path, passphrase string) []byte {
 	}
 	os.Remove(out)
 	return b
+}
+
+// CompressedClusters returns the percentage of compressed clusters that
+// `qemu-img check` reports ("50.00"), to prove a vector has them.
+func CompressedClusters(t testing.TB, path string) string {
+	t.Helper()
+	out, _ := RunErr("qemu-img", "check", "-f", "qcow2", path)
+	for _, line := range strings.Split(string(out), "\n") {
+		if i := strings.Index(line, "% compressed clusters"); i >= 0 {
+			f := strings.Fields(line[:i])
+			return f[len(f)-1]
+		}
+	}
+	t.Fatalf("qemu-img check %s: no compressed cluster statistics in %q", path, out)
+	return ""
 }
 
 // MapEntry is one extent of `qemu-img map --output=json`.
