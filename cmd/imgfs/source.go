@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"strings"
 
+	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/urfave/cli/v2"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/cmd/imgfs/internal/image"
+	"github.com/imgfs/imgfs/keyring"
 )
 
 // source is an opened SOURCE argument: the bytes as stored plus what the
@@ -19,16 +24,189 @@ type source struct {
 	// statedFormat and statedEncrypted come from metadata, not from magic.
 	statedFormat    string
 	statedEncrypted bool
-	close           func() error
+	// key is the Barbican secret named by --key-id or the image's
+	// metadata; the key flags (--passphrase-file, --key-file) win over it.
+	key   keyring.Source
+	close func() error
+	// stats returns the remote counters; nil for local files.
+	stats func() blockdev.Stats
+	// verify checks a completely read image against the checksum its
+	// metadata states; nil when there is none.
+	verify func(ctx context.Context) error
 }
 
-// openSource opens SOURCE.
-func openSource(_ context.Context, _ *cli.Context, spec string) (*source, error) {
+// sourceFlags select and tune remote sources (http(s) URLs, Glance images)
+// and the Barbican key.
+func sourceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "os-cloud", EnvVars: []string{"OS_CLOUD"}, Usage: "clouds.yaml entry `NAME` for Glance and Barbican (default: OS_CLOUD, else the OS_* variables)"},
+		&cli.StringFlag{Name: "key-id", Usage: "Barbican secret `ID` (or href) holding the key (default: the image's os_encrypt_key_id, else cinder_encryption_key_id)"},
+		&cli.StringFlag{Name: "cache-dir", Usage: "`DIR` for the download of a server that ignores Range (default $XDG_CACHE_HOME/imgfs)"},
+		&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "memory for cached blocks of a remote image"},
+		&cli.StringFlag{Name: "block-size", Value: "1MiB", Usage: "unit of remote reads and of the cache"},
+		&cli.IntFlag{Name: "parallel", Value: blockdev.DefaultParallel, Usage: "concurrent requests to a remote source (read-ahead uses them)"},
+	}
+}
+
+// remoteOptions reads the cache and HTTP tuning flags.
+func remoteOptions(c *cli.Context) (blockdev.HTTPOptions, blockdev.CacheOptions, error) {
+	ho := blockdev.HTTPOptions{CacheDir: c.String("cache-dir")}
+	co := blockdev.CacheOptions{Parallel: c.Int("parallel")}
+	var err error
+	if s := c.String("cache-size"); s != "" {
+		if co.MaxBytes, err = parseSize(s); err != nil {
+			return ho, co, usageError("--cache-size: %v", err)
+		}
+	}
+	if s := c.String("block-size"); s != "" {
+		if co.BlockSize, err = parseSize(s); err != nil || co.BlockSize < 4096 || co.BlockSize > 64<<20 || co.BlockSize%4096 != 0 {
+			return ho, co, usageError("--block-size %q: want a multiple of 4 KiB up to 64 MiB", s)
+		}
+	}
+	if p := co.Parallel; p < 0 || p > 64 {
+		return ho, co, usageError("--parallel %d: want 1..64", p)
+	}
+	return ho, co, nil
+}
+
+// openSource opens SOURCE: an http(s) URL, a Glance image (a UUID that is
+// not a local file, or glance:<id>), or a local file.
+func openSource(ctx context.Context, c *cli.Context, spec string) (*source, error) {
+	if strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://") {
+		return openHTTPSource(ctx, c, spec)
+	}
+	if id, ok := blockdev.GlanceID(spec); ok {
+		if _, err := os.Stat(spec); err != nil || strings.HasPrefix(spec, "glance:") {
+			return openGlanceSource(ctx, c, id)
+		}
+	}
 	f, err := blockdev.OpenFile(spec)
 	if err != nil {
 		return nil, err
 	}
-	return &source{dev: f, info: map[string]any{"kind": "file", "path": spec}, close: f.Close}, nil
+	src := &source{dev: f, info: map[string]any{"kind": "file", "path": spec}, close: f.Close}
+	if id := c.String("key-id"); id != "" {
+		if src.key, err = barbicanKey(ctx, c, nil, id); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return src, nil
+}
+
+func openHTTPSource(ctx context.Context, c *cli.Context, spec string) (*source, error) {
+	ho, co, err := remoteOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	h, err := blockdev.OpenHTTP(ctx, spec, ho)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := blockdev.NewCache(h, co)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	src := &source{
+		dev:  cache,
+		info: map[string]any{"kind": "http", "url": h.Name(), "size": h.Size(), "mode": liveMode{cache}},
+		close: func() error {
+			cache.Close()
+			return h.Close()
+		},
+		stats: cache.Stats,
+	}
+	if id := c.String("key-id"); id != "" {
+		if src.key, err = barbicanKey(ctx, c, nil, id); err != nil {
+			src.close()
+			return nil, err
+		}
+	}
+	return src, nil
+}
+
+func openGlanceSource(ctx context.Context, c *cli.Context, id string) (*source, error) {
+	ho, co, err := remoteOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	cloud, err := blockdev.ConnectCloud(ctx, c.String("os-cloud"))
+	if err != nil {
+		return nil, err
+	}
+	g, err := blockdev.OpenGlance(ctx, cloud, id, blockdev.GlanceOptions{HTTP: ho, Cache: co})
+	if err != nil {
+		return nil, err
+	}
+	img := g.Image
+	info := map[string]any{
+		"kind": "glance", "image_id": img.ID, "name": img.Name, "disk_format": img.DiskFormat,
+		"container_format": img.ContainerFormat, "status": img.Status, "size": img.Size, "mode": liveMode{g},
+		"cloud": cloud.Name,
+	}
+	for k := range img.Properties {
+		if strings.HasPrefix(k, "os_encrypt_") || strings.HasPrefix(k, "os_decrypt_") || strings.HasPrefix(k, "cinder_encryption_") {
+			info[k] = img.Property(k) // ids and policies, never key material
+		}
+	}
+	if h := img.Hash(); h.Algo != "" {
+		info["checksum"] = h.Algo
+	}
+	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify}
+	src.statedFormat, src.statedEncrypted = img.Stated()
+	keyID := c.String("key-id")
+	if keyID == "" {
+		keyID = img.KeyID()
+	}
+	if keyID != "" {
+		if src.key, err = barbicanKey(ctx, c, cloud, keyID); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
+	return src, nil
+}
+
+// barbicanKey returns the Barbican source for a secret id, connecting to
+// the cloud first when no session exists yet.
+func barbicanKey(ctx context.Context, c *cli.Context, cloud *blockdev.Cloud, id string) (keyring.Source, error) {
+	if cloud == nil {
+		var err error
+		if cloud, err = blockdev.ConnectCloud(ctx, c.String("os-cloud")); err != nil {
+			return nil, fmt.Errorf("key %s: %w", id, err)
+		}
+	}
+	client, err := openstack.NewKeyManagerV1(cloud.Provider, cloud.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: barbican: %w", id, err)
+	}
+	return keyring.Barbican{Client: client, SecretID: id}, nil
+}
+
+// liveMode shows a remote source's read mode as it is when printed (it
+// switches to sequential when the server refuses ranges).
+type liveMode struct{ m blockdev.ModeReporter }
+
+func (l liveMode) String() string { return string(l.m.Mode()) }
+
+// MarshalJSON implements json.Marshaler.
+func (l liveMode) MarshalJSON() ([]byte, error) { return json.Marshal(l.String()) }
+
+// statsLine describes the remote counters for --stats ("" for files).
+func (s *source) statsLine() string {
+	if s.stats == nil {
+		return ""
+	}
+	st := s.stats()
+	line := st.String()
+	if m, ok := s.dev.(blockdev.ModeReporter); ok {
+		line += fmt.Sprintf(", %s mode", m.Mode())
+	}
+	if size := s.dev.Size(); size > 0 {
+		line += fmt.Sprintf(", fetched %.1f%% of the %d-byte image", 100*float64(st.BytesFetched)/float64(size), size)
+	}
+	return line
 }
 
 // sourceArg returns the single SOURCE argument.
@@ -67,10 +245,14 @@ func openImage(c *cli.Context, spec string) (*image.Image, *source, error) {
 }
 
 // mergeStated adds what the source's metadata states to the flags' options;
-// --format wins only if it agrees (image.Open rejects disagreement).
+// --format wins only if it agrees (image.Open rejects disagreement). A key
+// from the flags wins over the Barbican key the metadata names.
 func mergeStated(opts *image.Options, src *source) {
 	if opts.Format == "" {
 		opts.Format = src.statedFormat
 	}
 	opts.StatedEncrypted = opts.StatedEncrypted || src.statedEncrypted
+	if opts.Key == nil && src.key != nil {
+		opts.Key = src.key
+	}
 }
