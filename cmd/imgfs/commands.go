@@ -19,14 +19,14 @@ func commands() []*cli.Command {
 			Name:      "info",
 			Usage:     "describe an image without a key: format, LUKS header, qcow2 features, safety verdict",
 			ArgsUsage: "SOURCE",
-			Flags:     append(formatFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+			Flags:     append(append(formatFlags(), sourceFlags()...), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 			Action:    infoAction,
 		},
 		{
 			Name:      "cat",
 			Usage:     "write the plaintext disk (or a range of it) to stdout or a file",
 			ArgsUsage: "SOURCE",
-			Flags: append(append(keyFlags(), formatFlags()...),
+			Flags: append(append(append(keyFlags(), formatFlags()...), sourceFlags()...),
 				&cli.StringFlag{Name: "offset", Value: "0", Usage: "start at byte `N` of the plaintext (suffixes: 4K, 1M, 1MiB, 1MB)"},
 				&cli.StringFlag{Name: "length", Usage: "write `N` bytes (default: to the end)"},
 				&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write to `FILE` (holes stay sparse) instead of stdout"},
@@ -111,6 +111,7 @@ func printInfo(w io.Writer, info *image.Info) {
 			kv(fmt.Sprintf("keyslot %d", s.Index), fmt.Sprintf("%s (%s)", s.KDF, cost))
 		}
 	}
+	printSource(w, info.Source)
 	if info.Safe {
 		kv("verdict", "safe")
 	} else {
@@ -182,7 +183,15 @@ func catAction(c *cli.Context) error {
 			return err
 		}
 	}
+	if off == 0 && length == size && src.verify != nil {
+		if err := src.verify(c.Context); err != nil {
+			return fmt.Errorf("%s: %w", spec, err)
+		}
+	}
 	if c.Bool("stats") {
+		if line := src.statsLine(); line != "" {
+			fmt.Fprintf(os.Stderr, "imgfs: source: %s\n", line)
+		}
 		fmt.Fprintf(os.Stderr, "imgfs: wrote %s in %s (%s/s), %s of holes skipped\n",
 			humanize.IBytes(uint64(st.written)), st.elapsed.Round(1e6), humanize.IBytes(uint64(st.rate())), humanize.IBytes(uint64(st.holes)))
 	}
