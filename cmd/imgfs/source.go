@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/gophercloud/gophercloud/v2/openstack"
@@ -254,5 +256,21 @@ func mergeStated(opts *image.Options, src *source) {
 	opts.StatedEncrypted = opts.StatedEncrypted || src.statedEncrypted
 	if opts.Key == nil && src.key != nil {
 		opts.Key = src.key
+	}
+}
+
+// printSource prints the source section of `imgfs info`, keys sorted.
+func printSource(w io.Writer, m map[string]any) {
+	if len(m) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintln(w, "source:")
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %-20s %v\n", k+":", m[k])
 	}
 }
