@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -72,4 +73,13 @@ func wantErr(t *testing.T, err, kind error) {
 	if !errors.Is(err, kind) {
 		t.Fatalf("got error %v, want %v", err, kind)
 	}
+}
+
+func readFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
