@@ -26,6 +26,7 @@ type SectorCipher struct {
 	tweak      cipher.Block // XTS tweak key (second half)
 	essiv      cipher.Block // ESSIV IV cipher
 	workers    int          // goroutines for large buffers; 0 means GOMAXPROCS
+	fast       fastXTS      // assembly AES-XTS (xtsasm*.go), or nil
 	mu         sync.RWMutex
 	closed     bool
 }
@@ -69,6 +70,9 @@ func NewSectorCipher(spec string, key []byte, sectorSize int) (*SectorCipher, er
 	if cs.mode == modeXTS && c.bs != 16 {
 		return badKey(errors.New("XTS needs a 16-byte block cipher"))
 	}
+	if cs.mode == modeXTS && cs.alg == "aes" && newFastXTS != nil {
+		c.fast = newFastXTS(key)
+	}
 	if cs.iv == ivESSIV {
 		newHash, err := hashByName(cs.ivHash)
 		if err != nil {
@@ -101,12 +105,17 @@ func (c *SectorCipher) Spec() string { return c.spec.original }
 
 // Close drops the key schedules. The Go standard library keeps its AES key
 // schedule inside an unexported value that cannot be zeroed, so Close only
-// releases it to the garbage collector; later calls fail.
+// releases it to the garbage collector; later calls fail. The AES-XTS
+// schedules of the assembly path (xtsasm_amd64.go) are zeroed.
 func (c *SectorCipher) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
 	c.data, c.tweak, c.essiv = nil, nil, nil
+	if c.fast != nil {
+		c.fast.close() // zeroes the expanded keys
+		c.fast = nil
+	}
 }
 
 // DecryptSectors decrypts len(src) bytes (a multiple of SectorSize) into dst.
@@ -163,6 +172,10 @@ func (c *SectorCipher) crypt(dst, src []byte, firstSector uint64, encrypt bool) 
 // cryptRange processes whole sectors sequentially.
 func (c *SectorCipher) cryptRange(dst, src []byte, sector uint64, encrypt bool) {
 	step := uint64(c.sectorSize / ivUnit)
+	if c.fast != nil {
+		c.fast.cryptSectors(dst, src, c.sectorSize, sector, step, xtsIVMask(c.spec.iv), encrypt)
+		return
+	}
 	var iv [16]byte
 	for off := 0; off < len(src); off += c.sectorSize {
 		d, s := dst[off:off+c.sectorSize], src[off:off+c.sectorSize]
