@@ -34,6 +34,7 @@ func commands() []*cli.Command {
 			),
 			Action: catAction,
 		},
+		inspectCommand(),
 	}
 }
 
