@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode"
@@ -21,7 +22,36 @@ func keyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "passphrase-file", Usage: "read the LUKS passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 		&cli.StringFlag{Name: "key-file", Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase (OpenStack's rule)"},
 		&cli.IntFlag{Name: "key-slot", Value: -1, Usage: "try only keyslot `N` (default: every active slot)"},
+		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Usage: "refuse argon2 keyslots needing more than `SIZE` of memory"},
+		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Usage: "refuse PBKDF2 keyslots and digests with more than `N` iterations"},
+		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Usage: "refuse argon2 keyslots with more than `N` passes"},
 	}
+}
+
+// unlockOptions reads the keyslot and KDF limit flags.
+func unlockOptions(c *cli.Context) (luksio.UnlockOptions, error) {
+	o := luksio.UnlockOptions{Slot: c.Int("key-slot")}
+	if s := c.String("max-kdf-memory"); s != "" {
+		n, err := parseSize(s)
+		if err != nil || n < 1024 || n/1024 > math.MaxUint32 {
+			return o, usageError("--max-kdf-memory %q: want a size from 1KiB to below 4TiB", s)
+		}
+		o.MaxKDFMemoryKiB = uint32(n / 1024)
+	}
+	for _, f := range []struct {
+		name string
+		dst  *uint32
+	}{{"max-kdf-iterations", &o.MaxKDFIterations}, {"max-kdf-time", &o.MaxKDFTime}} {
+		if !c.IsSet(f.name) {
+			continue
+		}
+		n := c.Uint64(f.name)
+		if n < 1 || n > math.MaxUint32 {
+			return o, usageError("--%s %d: want 1 to %d", f.name, n, uint64(math.MaxUint32))
+		}
+		*f.dst = uint32(n)
+	}
+	return o, nil
 }
 
 // formatFlags describe the image.
@@ -52,6 +82,10 @@ func openOptions(c *cli.Context) (image.Options, error) {
 	if err != nil {
 		return image.Options{}, err
 	}
+	unlock, err := unlockOptions(c)
+	if err != nil {
+		return image.Options{}, err
+	}
 	format := strings.ToLower(c.String("format"))
 	switch format {
 	case "", image.FormatRaw, image.FormatLUKS, image.FormatQcow2:
@@ -61,7 +95,7 @@ func openOptions(c *cli.Context) (image.Options, error) {
 	return image.Options{
 		Format: format,
 		Key:    key,
-		Unlock: luksio.UnlockOptions{Slot: c.Int("key-slot")},
+		Unlock: unlock,
 		Policy: qcowio.Policy{AllowDirty: c.Bool("allow-dirty")},
 	}, nil
 }

@@ -18,12 +18,14 @@ const (
 )
 
 func main() {
+	harden() // before any key is read: no core dumps, not dumpable
 	os.Exit(run(os.Args))
 }
 
 func run(args []string) int {
 	app := newApp()
 	if err := app.Run(args); err != nil {
+		err = withHints(err)
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			if msg := err.Error(); msg != "" {
