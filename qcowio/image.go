@@ -149,11 +149,18 @@ func (img *Image) readL1() error {
 // walk checks every L1 entry, L2 table and cluster descriptor that maps the
 // virtual disk and counts the allocated bytes. Each L2 table is read once:
 // an L2 table referenced twice is corrupt, so the walk reads at most the
-// file's size.
+// file's size. L2 tables and the clusters that reads would use must not
+// overlap the image's metadata (header cluster, L1 table, refcount table,
+// LUKS header, L2 tables): a crafted image could otherwise loop its tables
+// into each other or serve its own metadata as disk data.
 func (img *Image) walk(v *verdict) error {
+	meta := img.metadataRanges()
+	type l2ref struct {
+		l1i uint64
+		off int64
+	}
+	var tables []l2ref
 	seen := make(map[int64]bool)
-	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
-	var allocated int64
 	for l1i := range uint64(len(img.l1)) {
 		l2off, err := img.l2Offset(l1i)
 		if err != nil {
@@ -174,7 +181,17 @@ func (img *Image) walk(v *verdict) error {
 			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x used twice", l1i, l2off)
 			continue
 		}
+		if name := overlaps(meta, l2off, img.clusterSize); name != "" {
+			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x overlaps the %s", l1i, l2off, name)
+			continue
+		}
 		seen[l2off] = true
+		tables = append(tables, l2ref{l1i, l2off})
+	}
+	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
+	var allocated int64
+	for _, ref := range tables {
+		l1i, l2off := ref.l1i, ref.off
 		t, err := img.loadL2(l2off)
 		if err != nil {
 			return err
@@ -194,6 +211,9 @@ func (img *Image) walk(v *verdict) error {
 			guest := int64(first+l2i) << img.clusterBits
 			used := min(img.clusterSize, img.size-guest)
 			b, err := img.checkDescriptor(desc, bitmap, used)
+			if err == nil && b > 0 {
+				err = img.checkDataOverlap(desc, meta, seen)
+			}
 			if err != nil {
 				kind := blockdev.ErrCorrupt
 				if errors.Is(err, blockdev.ErrTruncated) {
@@ -206,6 +226,65 @@ func (img *Image) walk(v *verdict) error {
 		}
 	}
 	img.info.AllocatedBytes = allocated
+	return nil
+}
+
+// hostRange is a named range of metadata in the image file.
+type hostRange struct {
+	off, n int64
+	name   string
+}
+
+// metadataRanges lists the fixed metadata of the image file.
+func (img *Image) metadataRanges() []hostRange {
+	h := img.hdr
+	r := []hostRange{
+		{0, img.clusterSize, "header cluster"},
+		{int64(h.l1TableOffset), int64(len(img.l1)) * 8, "L1 table"},
+	}
+	if rt := uint64(h.refcountTableClusters) * uint64(img.clusterSize); rt <= maxRefcountTableBytes && h.refcountTableOffset < maxHostOffset {
+		r = append(r, hostRange{int64(h.refcountTableOffset), int64(rt), "refcount table"})
+	}
+	if h.hasCrypto && h.cryptoLength <= maxLUKSAreaBytes && h.cryptoOffset < maxHostOffset {
+		r = append(r, hostRange{int64(h.cryptoOffset), int64(h.cryptoLength), "LUKS header"})
+	}
+	return r
+}
+
+// overlaps returns the name of the first range of meta that [off, off+n)
+// overlaps, or "".
+func overlaps(meta []hostRange, off, n int64) string {
+	for _, m := range meta {
+		if m.n > 0 && off < m.off+m.n && m.off < off+n {
+			return m.name
+		}
+	}
+	return ""
+}
+
+// checkDataOverlap refuses a data or compressed cluster that lies on
+// metadata or on an L2 table (l2 holds the L2 table offsets).
+func (img *Image) checkDataOverlap(desc uint64, meta []hostRange, l2 map[int64]bool) error {
+	off, n := int64(desc&l2OffsetMask), img.clusterSize
+	if desc&oflagCompressed != 0 {
+		e, err := img.classify(desc, 0, 0)
+		if err != nil {
+			return err
+		}
+		off, n = e.cOffset, min(e.cSize, img.fileSize-e.cOffset)
+	}
+	what := "data"
+	if desc&oflagCompressed != 0 {
+		what = "compressed data"
+	}
+	if name := overlaps(meta, off, n); name != "" {
+		return fmt.Errorf("%s at %#x overlaps the %s: %w", what, off, name, blockdev.ErrCorrupt)
+	}
+	for c := off &^ (img.clusterSize - 1); c < off+n; c += img.clusterSize {
+		if l2[c] {
+			return fmt.Errorf("%s at %#x overlaps the L2 table at %#x: %w", what, off, c, blockdev.ErrCorrupt)
+		}
+	}
 	return nil
 }
 
