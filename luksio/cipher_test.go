@@ -94,6 +94,7 @@ func TestSectorCipherMatchesPython(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(fmt.Sprintf("%s/%d-byte-key/%d-byte-sectors/first-%d", tc.spec, tc.keyLen, tc.ss, tc.first), func(t *testing.T) {
+			t.Parallel()
 			key := testimg.RandomBytes(tc.keyLen, uint64(100+i))
 			plain := testimg.RandomBytes(6*tc.ss, uint64(200+i))
 			want := testimg.PyEncrypt(t, key, tc.spec, tc.ss, tc.first, plain)

@@ -9,9 +9,6 @@ import (
 	"fmt"
 	"hash"
 	"strings"
-
-	"golang.org/x/crypto/cast5"
-	"golang.org/x/crypto/twofish"
 )
 
 // Block cipher modes a SectorCipher implements.
@@ -106,9 +103,9 @@ func blockFactory(alg string) (func([]byte) (cipher.Block, error), error) {
 	case "aes":
 		return aes.NewCipher, nil
 	case "twofish":
-		return func(k []byte) (cipher.Block, error) { return twofish.NewCipher(k) }, nil
+		return newTwofish, nil
 	case "cast5":
-		return func(k []byte) (cipher.Block, error) { return cast5.NewCipher(k) }, nil
+		return newCAST5, nil
 	}
 	return nil, fmt.Errorf("unknown block cipher %q: %w", alg, ErrUnsupportedCipher)
 }

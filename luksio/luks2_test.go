@@ -51,6 +51,7 @@ var csMatrix = []csCase{
 	{"luks2-pbkdf2-sha512-cbc-essiv-sector4096", "luks2", "aes-cbc-essiv:sha256", 256, 4096, "pbkdf2", kdfPBKDF2, kdfArgon2i, "sha512"},
 	{"luks1-sha512-cbc-essiv", "luks1", "aes-cbc-essiv:sha256", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha512"},
 	{"luks1-sha1-xts512", "luks1", "aes-xts-plain64", 512, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha1"},
+	{"luks1-ripemd160-xts256", "luks1", "aes-xts-plain64", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "ripemd160"},
 }
 
 // makeCryptsetupImage formats dir/name with cryptsetup, adds a second
