@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/cmd/imgfs/internal/image"
+	"github.com/imgfs/imgfs/luksio"
+	"github.com/imgfs/imgfs/qcowio"
+)
+
+// Targets of `imgfs export --to`.
+const (
+	exportLUKS  = "luks"
+	exportRaw   = "raw"
+	exportQcow2 = "qcow2"
+)
+
+// streamChunk is the unit of the export pipeline; memory stays bounded at
+// streamChunk × (workers + 2).
+const streamChunk = 4 << 20
+
+// errNotImplemented marks a target that is planned but not written yet.
+var errNotImplemented = errors.New("not implemented yet")
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "export",
+		Usage: "stream an image into another format: luks (raw LUKS1, same key), raw (plaintext)",
+		Description: "--to luks turns a qcow2+LUKS image into a raw LUKS1 volume that the same passphrase\n" +
+			"opens (the keyslots are copied, the data re-encrypted in memory); a raw LUKS source is\n" +
+			"copied as stored and needs no key. --to raw writes the plaintext disk (like cat).\n" +
+			"Nothing is decrypted to disk for --to luks.",
+		ArgsUsage: "SOURCE",
+		Flags: append(append(keyFlags(), formatFlags()...),
+			&cli.StringFlag{Name: "to", Usage: "target format: luks, raw (qcow2 is not implemented yet)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write to `FILE` (created atomically; - = stdout)"},
+			progressFlag(),
+		),
+		Action: exportAction,
+	}
+}
+
+func exportAction(c *cli.Context) error {
+	spec, err := sourceArg(c)
+	if err != nil {
+		return err
+	}
+	to := strings.ToLower(c.String("to"))
+	switch to {
+	case exportLUKS, exportRaw:
+	case exportQcow2:
+		return cli.Exit(fmt.Sprintf("export --to qcow2: %v (use --to luks or --to raw)", errNotImplemented), exitError)
+	case "":
+		return usageError("export: --to is required (luks or raw)")
+	default:
+		return usageError("--to %q: want luks or raw", c.String("to"))
+	}
+	mode, err := progressMode(c)
+	if err != nil {
+		return err
+	}
+	opts, err := openOptions(c)
+	if err != nil {
+		return err
+	}
+	outPath := c.String("output")
+	if err := checkOutput(outPath); err != nil {
+		return err
+	}
+
+	// A raw LUKS volume exported to LUKS is its stored bytes: no key needed.
+	if to == exportLUKS && opts.Key == nil {
+		src, err := openSource(c.Context, c, spec)
+		if err != nil {
+			return err
+		}
+		defer src.close()
+		mergeStated(&opts, src)
+		info, err := image.Inspect(src.dev, opts)
+		if err != nil {
+			return fmt.Errorf("%s: %w", spec, err)
+		}
+		if info.Format == image.FormatLUKS && info.Safe {
+			return writeDevice(c.Context, src.dev, outPath, mode, "export "+filepath.Base(spec))
+		}
+		if !info.Encrypted {
+			return fmt.Errorf("%s: export --to luks: the image is not encrypted; use `imgfs encrypt --format luks` to make a new LUKS volume", spec)
+		}
+		// Fall through to image.Open, which explains what is missing.
+	}
+
+	img, src, err := openImage(c, spec)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+	defer img.Close()
+	var d blockdev.Device
+	switch {
+	case to == exportRaw:
+		d = img.Disk
+	case img.Info.Format == image.FormatLUKS:
+		d = img.Stored
+	case !img.Info.Encrypted:
+		return fmt.Errorf("%s: export --to luks: the image is not encrypted; use `imgfs encrypt --format luks` to make a new LUKS volume", spec)
+	default:
+		q, ok := img.Disk.(*qcowio.Image)
+		if !ok || q.LUKSArea() == nil || q.SectorCipher() == nil {
+			return fmt.Errorf("%s: export --to luks: no usable LUKS header in the qcow2 image: %w", spec, blockdev.ErrCorrupt)
+		}
+		view, err := luksio.NewRawView(q, q.LUKSArea(), q.SectorCipher())
+		if err != nil {
+			return fmt.Errorf("%s: %w", spec, err)
+		}
+		d = view
+	}
+	return writeDevice(c.Context, d, outPath, mode, "export "+filepath.Base(spec))
+}
+
+// checkOutput refuses to write an image to a terminal.
+func checkOutput(path string) error {
+	if (path == "" || path == "-") && isTerminal(os.Stdout) {
+		return usageError("refusing to write an image to a terminal: use -o FILE or redirect stdout")
+	}
+	return nil
+}
+
+// writeDevice streams d to path ("-" = stdout) with progress. A file is
+// written under a temporary name in its directory and renamed when
+// complete, so a failed run leaves no partial image behind.
+func writeDevice(ctx context.Context, d blockdev.Device, path, mode, what string) (err error) {
+	prog := startProgress(mode, what, d.Size(), os.Stderr)
+	defer func() { prog.Finish(err) }()
+	if path == "" || path == "-" {
+		return streamDevice(ctx, os.Stdout, d, false, prog)
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".imgfs-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err = streamDevice(ctx, tmp, d, true, prog); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// streamChunkBuf is a pooled chunk buffer.
+type streamChunkBuf = [streamChunk]byte
+
+// piece is one chunk of the pipeline, filled by a worker.
+type piece struct {
+	off  int64
+	n    int
+	buf  *streamChunkBuf
+	hole bool
+	err  error
+	done chan struct{}
+}
+
+// streamDevice copies d to out in order while several goroutines read
+// ahead (fetch, decrypt and re-encrypt overlap). When sparse is set, out is
+// a fresh regular file: holes (from the device's data map, or all-zero
+// chunks) are skipped and the file is truncated to d's size. Buffers are
+// zeroed before reuse so plaintext does not linger.
+func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse bool, prog *progress) error {
+	size := d.Size()
+	workers := max(2, runtime.GOMAXPROCS(0))
+	mapper, _ := d.(blockdev.Mapper)
+	pool := sync.Pool{New: func() any { return new(streamChunkBuf) }}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan *piece, workers+2)
+	ordered := make(chan *piece, workers+2)
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for pc := range work {
+				fillPiece(pc, d, mapper, &pool)
+				close(pc.done)
+			}
+		})
+	}
+	go func() {
+		defer close(ordered)
+		defer close(work)
+		for off := int64(0); off < size; {
+			n := int(min(streamChunk, size-off))
+			pc := &piece{off: off, n: n, done: make(chan struct{})}
+			select {
+			case ordered <- pc:
+			case <-ctx.Done():
+				return
+			}
+			work <- pc
+			off += int64(n)
+		}
+	}()
+
+	var zeros []byte
+	var err error
+	for pc := range ordered {
+		<-pc.done
+		if err == nil {
+			err = pc.err
+		}
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err == nil {
+			switch {
+			case pc.hole && sparse:
+			case pc.hole:
+				if zeros == nil {
+					zeros = make([]byte, streamChunk)
+				}
+				_, err = out.Write(zeros[:pc.n])
+			case sparse:
+				_, err = out.WriteAt(pc.buf[:pc.n], pc.off)
+			default:
+				_, err = out.Write(pc.buf[:pc.n])
+			}
+			if err == nil {
+				prog.Add(int64(pc.n))
+			}
+		}
+		if pc.buf != nil {
+			clear(pc.buf[:])
+			pool.Put(pc.buf)
+		}
+		if err != nil {
+			cancel()
+		}
+	}
+	wg.Wait()
+	if err == nil && sparse {
+		err = out.Truncate(size)
+	}
+	return err
+}
+
+// fillPiece reads one chunk, or marks it a hole without reading.
+func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, pool *sync.Pool) {
+	end := pc.off + int64(pc.n)
+	if mapper != nil {
+		next, err := mapper.NextData(pc.off)
+		if errors.Is(err, io.EOF) || (err == nil && next >= end) {
+			pc.hole = true
+			return
+		}
+	}
+	pc.buf = pool.Get().(*streamChunkBuf)
+	if err := blockdev.ReadFull(d, pc.buf[:pc.n], pc.off); err != nil {
+		pc.err = err
+		return
+	}
+	pc.hole = allZero(pc.buf[:pc.n])
+}

@@ -1,0 +1,248 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgfs/imgfs/tests/testimg"
+)
+
+// exportWrites leave sparse regions, cross cluster boundaries at odd
+// offsets, overwrite earlier data from a later pass (allocating new host
+// clusters out of guest order) and zero a written range.
+func exportWrites(cluster int64) [][]testimg.QcowWrite {
+	return [][]testimg.QcowWrite{
+		{
+			{Off: 3*cluster + 1000, Len: 5*cluster + 333, Seed: 1},
+			{Off: 6 << 20, Len: 700 << 10, Seed: 2},
+			{Off: 15<<20 - 4096, Len: 4096, Seed: 3},
+		},
+		{
+			{Off: 1 << 20, Len: 2*cluster + 7, Seed: 4},
+			{Off: 4*cluster + 17, Len: cluster, Seed: 5},
+			{Off: 6<<20 + 100<<10, Len: 64 << 10, Zero: true},
+		},
+	}
+}
+
+// checkLUKSExport proves that path is a raw LUKS1 volume that pass opens in
+// cryptsetup and qemu-img with exactly want as its plaintext.
+func checkLUKSExport(t *testing.T, path, pass string, want []byte) {
+	t.Helper()
+	testimg.Need(t, "cryptsetup")
+	testimg.Run(t, "cryptsetup", "isLuks", path)
+	dump := string(testimg.Run(t, "cryptsetup", "luksDump", path))
+	if !strings.Contains(dump, "Version:       \t1") || !strings.Contains(dump, "Key Slot 0: ENABLED") {
+		t.Fatalf("luksDump:\n%s", dump)
+	}
+	key, payload := testimg.CryptsetupVolumeKey(t, path, pass)
+	if len(key) == 0 || payload%(1<<20) != 0 {
+		t.Fatalf("cryptsetup: %d-byte key, payload offset %d", len(key), payload)
+	}
+	got := testimg.QemuLUKSDecrypt(t, path, pass)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("qemu-img reads %d bytes that differ from the %d-byte plaintext at byte %d", len(got), len(want), diffAt(got, want))
+	}
+}
+
+func diffAt(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// A qcow2+LUKS image made by qemu-img exported --to luks is a raw LUKS1
+// volume that the same passphrase opens in cryptsetup and qemu-img, with
+// the same plaintext (unallocated clusters read as zeros), for 4 KiB and
+// 64 KiB clusters.
+func TestExportQcow2LUKSToLUKS(t *testing.T) {
+	for _, cluster := range []int64{4096, 65536} {
+		t.Run(fmt.Sprintf("cluster%d", cluster), func(t *testing.T) {
+			dir := t.TempDir()
+			img, plain := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
+				Size: 16 << 20, Options: fmt.Sprintf("cluster_size=%d", cluster),
+				Passphrase: testPass, Passes: exportWrites(cluster),
+			})
+			if qemu := testimg.QemuRaw(t, img, testPass); !bytes.Equal(qemu, plain) {
+				t.Fatal("vector: qemu-img's plaintext of the qcow2 differs from the writes")
+			}
+			out := filepath.Join(dir, "out.luks")
+			r := runImgfs(t, nil, "export", "--to", "luks", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+			if r.code != 0 || len(r.stderr) != 0 {
+				t.Fatalf("export: exit %d, stderr %q (progress must be off when stderr is not a terminal)", r.code, r.stderr)
+			}
+			checkLUKSExport(t, out, testPass, plain)
+			// imgfs reads its own export too.
+			if got := mustImgfs(t, nil, "cat", "--passphrase-file", passFile(t, dir, testPass), out); !bytes.Equal(got, plain) {
+				t.Fatal("imgfs cat of the export differs")
+			}
+		})
+	}
+}
+
+// A Barbican-style binary key (passphrase = its lowercase hex) opens the
+// export, and the export streams to stdout as well.
+func TestExportQcow2LUKSWithKeyFileToStdout(t *testing.T) {
+	dir := t.TempDir()
+	key := testimg.RandomBytes(32, 77)
+	pass := hex.EncodeToString(key)
+	raw := testimg.RandomBytes(3<<20, 78)
+	clear(raw[1<<20 : 2<<20])
+	img := testimg.ConvertQcow2(t, dir, "enc.qcow2", raw, "", pass, false)
+	kf := testimg.WriteFile(t, dir, "key.bin", key)
+	stdout := mustImgfs(t, nil, "export", "--to", "luks", "--key-file", kf, img)
+	out := testimg.WriteFile(t, dir, "out.luks", stdout)
+	checkLUKSExport(t, out, pass, raw)
+}
+
+// A raw LUKS source exports as its stored bytes, with or without a key.
+func TestExportRawLUKSIsStoredBytes(t *testing.T) {
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(2<<20+512, 20)
+	img := luks1Image(t, dir, plain, testPass, "")
+	stored := readFile(t, img)
+	for _, args := range [][]string{{}, {"--passphrase-file", passFile(t, dir, testPass)}} {
+		out := filepath.Join(dir, "out.luks")
+		mustImgfs(t, nil, append(append([]string{"export", "--to", "luks", "-o", out}, args...), img)...)
+		if !bytes.Equal(readFile(t, out), stored) {
+			t.Fatalf("export %v differs from the stored image", args)
+		}
+	}
+}
+
+// --to raw writes the plaintext disk, sparse in a file.
+func TestExportToRaw(t *testing.T) {
+	dir := t.TempDir()
+	img, plain := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
+		Size: 16 << 20, Options: "cluster_size=65536", Passphrase: testPass, Passes: exportWrites(65536),
+	})
+	out := filepath.Join(dir, "out.raw")
+	mustImgfs(t, nil, "export", "--to", "raw", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+	if !bytes.Equal(readFile(t, out), plain) {
+		t.Fatal("--to raw differs from the plaintext")
+	}
+	got := mustImgfs(t, nil, "export", "--to", "raw", "--passphrase-file", passFile(t, dir, testPass), img)
+	if !bytes.Equal(got, plain) {
+		t.Fatal("--to raw on stdout differs from the plaintext")
+	}
+}
+
+// --progress=json prints one JSON object per line on stderr, ending with
+// "done" and every byte counted.
+func TestExportProgressJSON(t *testing.T) {
+	dir := t.TempDir()
+	raw := testimg.RandomBytes(6<<20, 30)
+	img := testimg.ConvertQcow2(t, dir, "enc.qcow2", raw, "cluster_size=4096", testPass, false)
+	out := filepath.Join(dir, "out.luks")
+	r := runImgfs(t, nil, "export", "--to", "luks", "--progress=json", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	size := int64(len(readFile(t, out)))
+	lines := strings.Split(strings.TrimSpace(string(r.stderr)), "\n")
+	var last struct {
+		Event string  `json:"event"`
+		Bytes int64   `json:"bytes"`
+		Total int64   `json:"total"`
+		Rate  float64 `json:"bytes_per_second"`
+	}
+	for _, l := range lines {
+		if err := json.Unmarshal([]byte(l), &last); err != nil {
+			t.Fatalf("progress line %q is not JSON: %v", l, err)
+		}
+	}
+	if len(lines) < 2 || last.Event != "done" || last.Bytes != size || last.Total != size || last.Rate <= 0 {
+		t.Fatalf("progress ends with %+v after %d lines; output is %d bytes", last, len(lines), size)
+	}
+	// --progress=text also works without a terminal and ends with a summary line.
+	r = runImgfs(t, nil, "export", "--to", "luks", "--progress=text", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+	if r.code != 0 || !strings.Contains(string(r.stderr), "100.0%") {
+		t.Fatalf("--progress=text: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestExportRefusals(t *testing.T) {
+	dir := t.TempDir()
+	raw := testimg.RandomBytes(1<<20, 40)
+	enc := testimg.ConvertQcow2(t, dir, "enc.qcow2", raw, "", testPass, false)
+	plainQcow := testimg.ConvertQcow2(t, dir, "plain.qcow2", raw, "", "", false)
+	rawFile := testimg.WriteFile(t, dir, "plain.raw", raw)
+	pf := passFile(t, dir, testPass)
+	wrong := testimg.WriteFile(t, dir, "wrong", []byte("not it\n"))
+	out := filepath.Join(dir, "out.luks")
+
+	cases := []struct {
+		name     string
+		args     []string
+		code     int
+		wantErr  string
+		withFile bool
+	}{
+		{"qcow2 target", []string{"--to", "qcow2", "--passphrase-file", pf, enc}, 1, "not implemented yet", false},
+		{"unknown target", []string{"--to", "vmdk", enc}, 2, "want luks or raw", false},
+		{"no target", []string{enc}, 2, "to", false},
+		{"wrong passphrase", []string{"--to", "luks", "--passphrase-file", wrong, "-o", out, enc}, 1, "no keyslot matches the passphrase", true},
+		{"no key for qcow2+LUKS", []string{"--to", "luks", "-o", out, enc}, 1, "key is required", true},
+		{"unencrypted qcow2 to luks", []string{"--to", "luks", "-o", out, plainQcow}, 1, "imgfs encrypt", true},
+		{"unencrypted raw to luks", []string{"--to", "luks", "-o", out, rawFile}, 1, "imgfs encrypt", true},
+		{"bad progress mode", []string{"--to", "raw", "--progress", "loud", rawFile}, 2, "--progress", false},
+		{"output directory missing", []string{"--to", "luks", "--passphrase-file", pf, "-o", filepath.Join(dir, "no", "x"), enc}, 1, "no such file", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := runImgfs(t, nil, append([]string{"export"}, c.args...)...)
+			if r.code != c.code {
+				t.Fatalf("exit %d, want %d; stderr %q", r.code, c.code, r.stderr)
+			}
+			if len(r.stdout) != 0 {
+				t.Errorf("wrote %d bytes to stdout on failure", len(r.stdout))
+			}
+			if !strings.Contains(string(r.stderr), c.wantErr) {
+				t.Errorf("stderr %q does not say %q", r.stderr, c.wantErr)
+			}
+			if strings.Contains(string(r.stderr), testPass) || strings.Contains(string(r.stderr), "panic") {
+				t.Errorf("stderr leaks the passphrase or panics: %q", r.stderr)
+			}
+			if _, err := os.Stat(out); c.withFile && err == nil {
+				t.Error("a failed export left an output file")
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(dir, ".*imgfs-*")); len(leftovers) > 0 {
+				t.Errorf("temporary files left behind: %v", leftovers)
+			}
+		})
+	}
+}
+
+// A 256 MiB sparse qcow2+LUKS disk exports in bounded memory; the test logs
+// the throughput (the whole disk is re-encrypted: unallocated clusters
+// become encrypted zeros).
+func TestExportLargeSparseDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large export")
+	}
+	dir := t.TempDir()
+	const size = 256 << 20
+	img, _ := testimg.MakeQcow2(t, dir, "big.qcow2", testimg.QcowImage{
+		Size: size, Passphrase: testPass,
+		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 1 << 20, Seed: 50}, {Off: size - 3<<20, Len: 2 << 20, Seed: 51}}},
+	})
+	out := filepath.Join(dir, "big.luks")
+	start := time.Now()
+	mustImgfs(t, nil, "export", "--to", "luks", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+	elapsed := time.Since(start)
+	t.Logf("exported %d MiB in %v (%.0f MiB/s)", size>>20, elapsed.Round(time.Millisecond), float64(size>>20)/elapsed.Seconds())
+	want := testimg.QemuRaw(t, img, testPass)
+	if got := testimg.QemuLUKSDecrypt(t, out, testPass); !bytes.Equal(got, want) {
+		t.Fatalf("qemu-img reads the export differently at byte %d", diffAt(got, want))
+	}
+}
