@@ -252,7 +252,11 @@ func (h *header) l2Entries() uint64 {
 // l1Needed is the number of L1 entries that cover the virtual size.
 func (h *header) l1Needed() uint64 {
 	per := uint64(h.clusterSize()) * h.l2Entries()
-	return (h.size + per - 1) / per
+	n := h.size / per
+	if h.size%per != 0 {
+		n++
+	}
+	return n
 }
 
 // inFile reports whether [off, off+n) lies inside a file of size fileSize.

@@ -126,7 +126,10 @@ func (img *Image) classify(desc, bitmap uint64, inCluster int64) (extent, error)
 		coff := int64(desc & img.cOffsetMask)
 		nsec := int64((desc>>img.cSizeShift)&img.cSizeMask) + 1
 		csize := nsec*512 - coff&511
-		if coff == 0 || coff >= img.fileSize {
+		if coff < img.clusterSize {
+			return extent{}, fmt.Errorf("compressed cluster at %#x inside the header cluster: %w", coff, blockdev.ErrCorrupt)
+		}
+		if coff >= img.fileSize {
 			return extent{}, fmt.Errorf("compressed cluster at %#x past the end of the file (%d bytes): %w", coff, img.fileSize, blockdev.ErrTruncated)
 		}
 		return extent{kind: kindCompressed, length: rest, cOffset: coff, cSize: csize, inCluster: inCluster}, nil

@@ -118,11 +118,12 @@ func (h *header) checkPolicy(pol Policy, v *verdict) {
 	case cryptAES:
 		v.add(ErrInsecureEncryption, "legacy qcow2 AES encryption is insecure and unsupported")
 	case cryptLUKS:
-		cs := uint64(h.clusterSize())
 		switch {
 		case !h.hasCrypto:
 			v.add(blockdev.ErrCorrupt, "LUKS encryption without a crypto header extension")
-		case h.cryptoOffset%cs != 0 || h.cryptoOffset == 0:
+		case h.clusterBits < minClusterBits || h.clusterBits > maxClusterBits:
+			// Reported by checkFields; the offset cannot be checked.
+		case h.cryptoOffset%uint64(h.clusterSize()) != 0 || h.cryptoOffset == 0:
 			v.add(blockdev.ErrCorrupt, "LUKS header offset %#x not a cluster-aligned offset after the header", h.cryptoOffset)
 		}
 	default:
