@@ -123,9 +123,10 @@ func Mount(dir string, opts Options) (*Server, error) {
 		fileMode, dirMode = 0o444, 0o555
 	}
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
-	root := &rootNode{mode: dirMode, uid: uid, gid: gid}
+	now := time.Now()
+	root := &rootNode{mode: dirMode, uid: uid, gid: gid, mtime: now}
 	newFile := func(name string, dev blockdev.Device, allocated int64) *fileNode {
-		n := &fileNode{name: name, dev: dev, mode: fileMode, uid: uid, gid: gid, errs: errs}
+		n := &fileNode{name: name, dev: dev, mode: fileMode, uid: uid, gid: gid, mtime: now, errs: errs}
 		n.mapper, _ = dev.(blockdev.Mapper)
 		n.blocks = uint64(dev.Size()+511) / 512
 		if allocated > 0 && allocated < dev.Size() {
@@ -257,6 +258,7 @@ type rootNode struct {
 	files         []namedFile
 	mode          uint32
 	uid, gid      uint32
+	mtime         time.Time
 	childrenAdded bool
 }
 
@@ -289,6 +291,7 @@ func (r *rootNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut
 	out.Mode = syscall.S_IFDIR | r.mode
 	out.Nlink = 2
 	out.Uid, out.Gid = r.uid, r.gid
+	out.SetTimes(&r.mtime, &r.mtime, &r.mtime)
 	return 0
 }
 

@@ -7,6 +7,7 @@ import (
 	"log"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -33,6 +34,7 @@ type fileNode struct {
 	mode   uint32
 	uid    uint32
 	gid    uint32
+	mtime  time.Time
 	// errs reports device errors; it logs only the first of each node.
 	errs *errorLog
 }
@@ -84,6 +86,7 @@ func (n *fileNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut
 	out.Blksize = preferredBlockSize
 	out.Nlink = 1
 	out.Uid, out.Gid = n.uid, n.gid
+	out.SetTimes(&n.mtime, &n.mtime, &n.mtime)
 	return 0
 }
 

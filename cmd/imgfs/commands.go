@@ -35,6 +35,7 @@ func commands() []*cli.Command {
 			Action: catAction,
 		},
 		inspectCommand(),
+		mountCommand(), umountCommand(),
 		exportCommand(), encryptCommand(),
 	}
 }
