@@ -13,10 +13,18 @@ const (
 	qcowMagic = "QFI\xfb"
 	// maxBackingNameLen is QEMU's limit on a qcow2 backing file name.
 	maxBackingNameLen = 1023
-	qedMagic          = "QED\x00"
-	qedFeatureBacking = 1
-	vmdk4Magic        = "KDMV" // sparse extent ("VMDK" little-endian)
-	vmdk3Magic        = "COWD"
+	// qcow2 header extensions are looked for in the first qcowExtArea bytes,
+	// at most maxQcowExtensions of them.
+	qcowExtArea           = 4096
+	maxQcowExtensions     = 64
+	qcowExtDataFile       = 0x44415441
+	qcowIncompatDataFile  = 1 << 2
+	qcowV2HeaderLength    = 72
+	qcowV3MinHeaderLength = 104
+	qedMagic              = "QED\x00"
+	qedFeatureBacking     = 1
+	vmdk4Magic            = "KDMV" // sparse extent ("VMDK" little-endian)
+	vmdk3Magic            = "COWD"
 	// vmdkDescriptorProbe is how much text is searched for a VMDK
 	// descriptor: QEMU's probe buffer is 2048 bytes.
 	vmdkDescriptorProbe = 2048
@@ -52,7 +60,43 @@ func probeQcow(v view) *Filesystem {
 	if off, n := binary.BigEndian.Uint64(b[8:]), binary.BigEndian.Uint32(b[16:]); off != 0 {
 		f.Detail += ", " + backingName(v, off, uint64(n))
 	}
+	if ver >= 2 {
+		if d := qcowDataFile(v, ver); d != "" {
+			f.Detail += ", " + d
+		}
+	}
 	return f
+}
+
+// qcowDataFile describes a qcow2 v3 external data file, the other way a
+// qcow2 header names a host file: "" when there is none.
+func qcowDataFile(v view, ver uint32) string {
+	h := v.at(0, int(min(v.size, qcowExtArea)))
+	if len(h) < qcowV2HeaderLength {
+		return ""
+	}
+	start, flagged := uint64(qcowV2HeaderLength), false
+	if ver >= 3 {
+		if len(h) < qcowV3MinHeaderLength {
+			return ""
+		}
+		flagged = binary.BigEndian.Uint64(h[72:])&qcowIncompatDataFile != 0
+		start = uint64(binary.BigEndian.Uint32(h[100:]))
+	}
+	for i, off := 0, start; i < maxQcowExtensions && off+8 <= uint64(len(h)); i++ {
+		typ, n := binary.BigEndian.Uint32(h[off:]), uint64(binary.BigEndian.Uint32(h[off+4:]))
+		if typ == 0 || off+8+n > uint64(len(h)) {
+			break
+		}
+		if typ == qcowExtDataFile {
+			return fmt.Sprintf("external data file %q", strings.ToValidUTF8(string(h[off+8:off+8+n]), "?"))
+		}
+		off += 8 + (n+7)&^7
+	}
+	if flagged {
+		return "with an external data file"
+	}
+	return ""
 }
 
 // backingName describes a backing file name of n bytes at off.

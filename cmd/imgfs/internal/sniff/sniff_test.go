@@ -516,6 +516,18 @@ func TestQcow2BackingFileNamedInReason(t *testing.T) {
 	}
 }
 
+func TestQcow2ExternalDataFileNamedInReason(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "meta.qcow2")
+	data := filepath.Join(dir, "host-disk.raw")
+	testimg.QemuImg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+data, img, "1M")
+	rep := identifyFile(t, img)
+	wantSafe(t, rep, false)
+	if !strings.Contains(rep.Reasons[0], fmt.Sprintf("external data file %q", data)) {
+		t.Errorf("reason %q does not name the data file", rep.Reasons[0])
+	}
+}
+
 // A qcow2 written onto a partition is found there and judged like one at offset 0.
 func TestQcow2AtAPartitionStartIsUnsafe(t *testing.T) {
 	dir := t.TempDir()
