@@ -33,7 +33,7 @@ func encryptCommand() *cli.Command {
 			&cli.StringFlag{Name: "format", Value: encryptLUKS, Usage: "output format: luks (qcow2+luks is not implemented yet)"},
 			&cli.StringFlag{Name: "passphrase-file", Usage: "read the new passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 			&cli.StringFlag{Name: "key-file", Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "write to `FILE` (created atomically; - = stdout)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write to `FILE` (created atomically; - = stdout)"},
 			&cli.StringFlag{Name: "input-format", Usage: "state INPUT's format (raw, qcow2); a mismatch with its magic is an error"},
 			&cli.BoolFlag{Name: "allow-dirty", Usage: "accept a qcow2 INPUT whose dirty bit is set"},
 			&cli.StringFlag{Name: "cipher", Value: luksio.DefaultCipher, Usage: "dm-crypt cipher `SPEC` (aes-xts-plain64, aes-cbc-essiv:sha256, ...)"},
@@ -75,6 +75,9 @@ func encryptAction(c *cli.Context) (err error) {
 		return usageError("encrypt: a new passphrase is required: --passphrase-file FILE or --key-file FILE")
 	}
 	outPath := c.String("output")
+	if outPath == "" {
+		return usageError("encrypt: --output FILE is required (- for stdout)")
+	}
 	if err := checkOutput(outPath); err != nil {
 		return err
 	}
