@@ -417,7 +417,7 @@ func TestNestedLUKS(t *testing.T) {
 }
 
 func TestLVM2PhysicalVolume(t *testing.T) {
-	testimg.Need(t, "pvcreate", "losetup")
+	testimg.Need(t, "pvcreate")
 	dir := t.TempDir()
 	img := sparseFile(t, dir, "pv.img", 16*mib)
 	const pvUUID = "AbCdEf-1234-5678-9aBc-DeFg-HiJk-LmNoPq"
@@ -425,13 +425,9 @@ func TestLVM2PhysicalVolume(t *testing.T) {
 	if _, err := testimg.RunErr("pvcreate", "-y", "--uuid", pvUUID, "--norestorefile", img); err == nil {
 		t.Log("pvcreate accepted the file directly")
 	} else {
-		out, err := testimg.RunErr("losetup", "-f", "--show", img)
-		if err != nil {
-			t.Skipf("SKIP lvm2 only: pvcreate needs a block device and losetup failed: %v", err)
-		}
-		loop := strings.TrimSpace(string(out))
-		defer testimg.RunErr("losetup", "-d", loop)
+		loop := loopDevice(t, img, 512)
 		testimg.Run(t, "pvcreate", "-y", "--config", "devices { use_devicesfile=0 }", "--uuid", pvUUID, "--norestorefile", loop)
+		testimg.Run(t, "sync")
 	}
 	rep := identifyFile(t, img)
 	f := findFS(t, rep, FormatLVM2, 0)
@@ -439,6 +435,40 @@ func TestLVM2PhysicalVolume(t *testing.T) {
 		t.Errorf("format %q entry %+v, want lvm2 with UUID %s and size %d", rep.Format, f, pvUUID, 16*mib)
 	}
 	wantSafe(t, rep, true)
+}
+
+// loopDevice attaches a file to a loop device with the given logical sector
+// size, or skips the test (only it) when this machine cannot.
+func loopDevice(t *testing.T, path string, sectorSize int) string {
+	t.Helper()
+	testimg.Need(t, "losetup")
+	out, err := testimg.RunErr("losetup", "-f", "--show", "-b", fmt.Sprint(sectorSize), path)
+	if err != nil {
+		t.Skipf("SKIP this vector only: no loop device: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	t.Cleanup(func() { testimg.RunErr("losetup", "-d", loop) })
+	return loop
+}
+
+// sfdisk on a loop device with 4 KiB logical sectors writes a GPT in 4 KiB
+// LBAs: the header at 4096, partition offsets in 4 KiB units.
+func TestGPTWith4KiBSectors(t *testing.T) {
+	testimg.Need(t, "sfdisk")
+	dir := t.TempDir()
+	img := sparseFile(t, dir, "gpt4k.img", 64*mib)
+	loop := loopDevice(t, img, 4096)
+	testimg.Run(t, "sh", "-c", "sfdisk --no-reread --no-tell-kernel -q \"$1\" <<'EOF'\nlabel: gpt\n"+
+		"start=256, size=4096, type="+linuxFS+", name=\"four\"\nstart=4352, size=1024, type="+linuxSw+"\nEOF\n", "sh", loop)
+	testimg.Run(t, "sync")
+	rep := identifyFile(t, img)
+	if rep.Format != FormatGPT || rep.PartitionTable.SectorSize != 4096 || rep.PartitionTable.Backup != "ok" {
+		t.Fatalf("format %q table %+v: want a GPT with 4096-byte sectors and a good backup", rep.Format, rep.PartitionTable)
+	}
+	if len(rep.Partitions) != 2 || rep.Partitions[0].Start != 256*4096 || rep.Partitions[0].Size != 4096*4096 ||
+		rep.Partitions[0].Name != "four" || rep.Partitions[1].Start != 4352*4096 || rep.Partitions[1].Size != 1024*4096 {
+		t.Errorf("partitions %+v: want 16 MiB at 1 MiB and 4 MiB at 17 MiB", rep.Partitions)
+	}
 }
 
 func TestISO9660(t *testing.T) {
