@@ -306,7 +306,7 @@ func TestKDFLimitFlags(t *testing.T) {
 	testimg.Need(t, "cryptsetup")
 	dir := t.TempDir()
 	pf := passFile(t, dir, hostile.Pass)
-	l1 := hostile.LUKS1Base(t, dir)                     // PBKDF2, 1000 iterations
+	l1 := hostile.LUKS1Base(t, dir)                      // PBKDF2, 1000 iterations
 	l2 := hostile.LUKS2Base(t, dir, "base.luks2", 4<<20) // argon2id, 32 KiB, 4 passes
 	for _, c := range []struct {
 		path, flag, value, want string
@@ -335,4 +335,3 @@ func TestKDFLimitFlags(t *testing.T) {
 }
 
 const exitUsage = 2 // cmd/imgfs exit code for a bad command line
-
