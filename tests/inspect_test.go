@@ -316,3 +316,21 @@ func TestInspectLargeQcow2LUKSReadsLittle(t *testing.T) {
 	}
 	t.Logf("64 GiB qcow2+LUKS: %d bytes read from the source, %d plaintext bytes examined", out.SourceBytesRead, out.PlaintextBytesExamined)
 }
+
+// An unsafe outer layer (a qcow2 with a backing file) is judged without
+// opening it: the plaintext is never read.
+func TestInspectUnsafeOuterLayerIsNotOpened(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "overlay.qcow2")
+	testimg.QemuImg(t, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", "-u", img, "1M")
+	out, r := inspect(t, 3, img)
+	if out.Outer.Safe || out.InnerExamined || !strings.Contains(out.InnerNote, "outer layer is unsafe") {
+		t.Fatalf("outer safe %v, inner examined %v, note %q: want an unsafe outer layer only", out.Outer.Safe, out.InnerExamined, out.InnerNote)
+	}
+	if len(out.Reasons) == 0 || !strings.HasPrefix(out.Reasons[0], "outer layer: ") || !strings.Contains(out.Reasons[0], "/etc/passwd") {
+		t.Errorf("reasons %q: want the backing file named as an outer-layer problem", out.Reasons)
+	}
+	if !strings.Contains(string(r.stderr), "/etc/passwd") {
+		t.Errorf("stderr %q does not say why", r.stderr)
+	}
+}
