@@ -34,6 +34,16 @@ func main() {
 	p("")
 	gen("xtsDecryptAsm", "AESDEC", "AESDECLAST", "dk")
 	gen("xtsEncryptAsm", "AESENC", "AESENCLAST", "ek")
+	p("// xtsGF4<> holds 0x87 in the low quadword of each 128-bit lane: the")
+	p("// reduction that VPCLMULQDQ applies to the nibble shifted out by x^4.")
+	for i := 0; i < 4; i++ {
+		p("DATA xtsGF4<>+0x%02x(SB)/8, $0x87", 16*i)
+		p("DATA xtsGF4<>+0x%02x(SB)/8, $0", 16*i+8)
+	}
+	p("GLOBL xtsGF4<>(SB), (NOPTR+RODATA), $64")
+	p("")
+	genVAES("xtsDecryptVAES", "VAESDEC", "VAESDECLAST", "dk")
+	genVAES("xtsEncryptVAES", "VAESENC", "VAESENCLAST", "ek")
 	if err := os.WriteFile("xtsasm_amd64.s", b.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}
@@ -154,4 +164,141 @@ func gen(name, op, opLast, keyName string) {
 	}
 	p("\tRET")
 	p("")
+}
+
+// genVAES writes the AVX-512 VAES variant: 32 blocks per iteration in
+// eight ZMM registers of four blocks each.
+//
+//	AX  data round keys        BX  tweak round keys
+//	SI  src                    DI  dst
+//	CX  sectors left           DX  32-block groups per sector
+//	R8  IV sector number       R9  IV step per sector
+//	R10 IV mask                R11 rounds (10, 12, 14)
+//	R12 groups left / scratch  R13 rounds*16 (offset of the last round key)
+//	Z0-Z7   32 blocks (and scratch while tweaks are computed)
+//	Z8-Z15  their tweaks: lane j of Zk is the tweak of block 4(k-8)+j
+//	Z16     round key 0, Z17-Z29 round keys 1..13, Z30 the last round key,
+//	        each broadcast to all four lanes
+//	Z31     xtsGF4<>
+func genVAES(name, op, opLast, keyName string) {
+	p("// func %s(nr int, %s, tk, dst, src *byte, sectors, groups int, sector, step, mask uint64)", name, keyName)
+	p("TEXT ·%s(SB), NOSPLIT, $0-80", name)
+	p("\tMOVQ nr+0(FP), R11")
+	p("\tMOVQ %s+8(FP), AX", keyName)
+	p("\tMOVQ tk+16(FP), BX")
+	p("\tMOVQ dst+24(FP), DI")
+	p("\tMOVQ src+32(FP), SI")
+	p("\tMOVQ sectors+40(FP), CX")
+	p("\tMOVQ groups+48(FP), DX")
+	p("\tMOVQ sector+56(FP), R8")
+	p("\tMOVQ step+64(FP), R9")
+	p("\tMOVQ mask+72(FP), R10")
+	p("\tMOVQ R11, R13")
+	p("\tSHLQ $4, R13")
+	p("\tTESTQ CX, CX")
+	p("\tJZ %s_done", name)
+	p("\tTESTQ DX, DX")
+	p("\tJZ %s_done", name)
+	p("\tVMOVDQU64 xtsGF4<>(SB), Z31")
+	p("\tVBROADCASTI32X4 (AX), Z16")
+	for r := 1; r <= 13; r++ {
+		// Keys past the last round are unused; the arrays hold 15 keys.
+		p("\tVBROADCASTI32X4 %d(AX), Z%d", 16*r, 16+r)
+	}
+	p("\tVBROADCASTI32X4 (AX)(R13*1), Z30")
+	p("")
+	p("%s_sector:", name)
+	p("\t// X8 = AES-encrypt(tweak key, IV); the IV is the masked sector number, little-endian.")
+	p("\tMOVQ R8, R12")
+	p("\tANDQ R10, R12")
+	p("\tVMOVQ R12, X8")
+	p("\tVPXOR (BX), X8, X8")
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_tweaklast", name)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_tweaklast", name)
+		}
+		p("\tVAESENC %d(BX), X8, X8", 16*r)
+	}
+	p("%s_tweaklast:", name)
+	p("\tVAESENCLAST (BX)(R13*1), X8, X8")
+	p("\t// Z8 = [T, T*x, T*x^2, T*x^3].")
+	prev := "X8"
+	for j := 1; j <= 3; j++ {
+		dst := fmt.Sprintf("X%d", j)
+		p("\tVPSHUFD $0x13, %s, X4", prev)
+		p("\tVPSRAD $31, X4, X4")
+		p("\tVPAND xtsGF<>(SB), X4, X4")
+		p("\tVPADDQ %s, %s, %s", prev, prev, dst)
+		p("\tVPXOR X4, %s, %s", dst, dst)
+		prev = dst
+	}
+	for j := 1; j <= 3; j++ {
+		p("\tVINSERTI32X4 $%d, X%d, Z8, Z8", j, j)
+	}
+	p("\tMOVQ DX, R12")
+	p("")
+	p("%s_group:", name)
+	p("\t// Z9..Z15 = Z8 * x^4, x^8, ... lane by lane.")
+	for k := 9; k <= 15; k++ {
+		mulX4(fmt.Sprintf("Z%d", k-1), fmt.Sprintf("Z%d", k))
+	}
+	for i := 0; i < 8; i++ {
+		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
+		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", 8+i, i)
+	}
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_last", name)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_last", name)
+		}
+		for i := 0; i < 8; i++ {
+			p("\t%s Z%d, Z%d, Z%d", op, 16+r, i, i)
+		}
+	}
+	p("%s_last:", name)
+	for i := 0; i < 8; i++ {
+		p("\t%s Z30, Z%d, Z%d", opLast, i, i)
+	}
+	for i := 0; i < 8; i++ {
+		p("\tVPXORQ Z%d, Z%d, Z%d", 8+i, i, i)
+		p("\tVMOVDQU64 Z%d, %d(DI)", i, 64*i)
+	}
+	p("\tADDQ $512, SI")
+	p("\tADDQ $512, DI")
+	mulX4("Z15", "Z8")
+	p("\tDECQ R12")
+	p("\tJNZ %s_group", name)
+	p("")
+	p("\tADDQ R9, R8")
+	p("\tDECQ CX")
+	p("\tJNZ %s_sector", name)
+	p("")
+	p("%s_done:", name)
+	p("\t// Leave no key-dependent data in vector registers.")
+	for i := 0; i < 32; i++ {
+		p("\tVPXORQ Z%d, Z%d, Z%d", i, i, i)
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+	p("")
+}
+
+// mulX4 writes dst = src * x^4 in each 128-bit lane (GF(2^128), XTS bit
+// order), with Z0 and Z1 as scratch.
+func mulX4(src, dst string) {
+	p("\tVPSRLQ $60, %s, Z0", src)     // top nibble of each quadword
+	p("\tVPSLLQ $4, %s, %s", src, dst) // each quadword shifted
+	p("\tVPSLLDQ $8, Z0, Z1")          // low quadword's nibble carries into the high one
+	p("\tVPSRLDQ $8, Z0, Z0")          // the nibble shifted out of bit 127
+	p("\tVPCLMULQDQ $0x00, Z31, Z0, Z0")
+	p("\tVPTERNLOGQ $0x96, Z0, Z1, %s", dst)
 }
