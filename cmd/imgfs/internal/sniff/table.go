@@ -270,6 +270,9 @@ func readGPT(v view, rep *Report, ss int64, protective bool) (bool, string) {
 		altLBA = prim.altLBA
 	}
 	backup, berr := parseGPTHeader(v, ss, altLBA)
+	if altLBA <= 1 {
+		backup, berr = nil, fmt.Errorf("the primary header names LBA %d as its backup", altLBA)
+	}
 	backupState := "ok"
 	var bEntries []byte
 	if berr == nil {
