@@ -155,6 +155,27 @@ func TestMBRPartitionsAreWhatSfdiskWasTold(t *testing.T) {
 		t.Errorf("empty partitions: unexpected filesystems %+v or warnings %q", rep.Filesystems, rep.Warnings)
 	}
 	wantSafe(t, rep, true)
+
+	// Filesystems made by mkfs in a primary and a logical partition are
+	// found at their starts.
+	testimg.Need(t, "mkfs.vfat", "mkswap")
+	fat := sparseFile(t, dir, "p1.fat", 20480*sector)
+	testimg.Run(t, "mkfs.vfat", "-F", "16", "-n", "BOOT", fat)
+	copyInto(t, img, fat, 2048*sector)
+	swap := sparseFile(t, dir, "p5.swap", 10240*sector)
+	testimg.Run(t, "mkswap", "-L", "logical5", swap)
+	copyInto(t, img, swap, 32768*sector)
+	rep = identifyFile(t, img)
+	if rep.Partitions[0].Contents != FormatFAT16 || rep.Partitions[3].Contents != FormatSwap || rep.Partitions[4].Contents != FormatUnknown {
+		t.Fatalf("contents of partitions 1, 5, 6: %q %q %q; want fat16 swap unknown",
+			rep.Partitions[0].Contents, rep.Partitions[3].Contents, rep.Partitions[4].Contents)
+	}
+	if f := findFS(t, rep, FormatFAT16, 2048*sector); f.Partition != 1 || f.Label != "BOOT" || f.Size != 20480*sector {
+		t.Errorf("fat16 entry %+v", f)
+	}
+	if f := findFS(t, rep, FormatSwap, 32768*sector); f.Partition != 5 || f.Label != "logical5" || f.Size != 10240*sector {
+		t.Errorf("swap entry %+v", f)
+	}
 }
 
 // gptScript is a GPT layout with fixed GUIDs, names and three partitions.
