@@ -1,6 +1,7 @@
 package sniff
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -175,6 +176,45 @@ func TestMBRPartitionsAreWhatSfdiskWasTold(t *testing.T) {
 	}
 	if f := findFS(t, rep, FormatSwap, 32768*sector); f.Partition != 5 || f.Label != "logical5" || f.Size != 10240*sector {
 		t.Errorf("swap entry %+v", f)
+	}
+}
+
+// An extended boot record whose link points to itself ends the walk with a
+// warning instead of looping.
+func TestMBRExtendedChainLoopIsCut(t *testing.T) {
+	dir := t.TempDir()
+	img := sparseFile(t, dir, "loop.img", 64*mib)
+	sfdisk(t, img, "label: dos\nstart=2048, size=90112, type=5\nstart=4096, size=4096, type=83\nstart=10240, size=4096, type=83\n")
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The first EBR (at the extended partition's start) links to the second.
+	link := make([]byte, 4)
+	if _, err := f.ReadAt(link, 2048*sector+446+16+8); err != nil {
+		t.Fatal(err)
+	}
+	second := int64(binary.LittleEndian.Uint32(link))
+	if second == 0 {
+		t.Fatal("sfdisk wrote no second EBR")
+	}
+	// Make the second EBR link to itself.
+	if _, err := f.WriteAt([]byte{0x05}, (2048+second)*sector+446+16+4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(link, (2048+second)*sector+446+16+8); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1, 0, 0, 0}, (2048+second)*sector+446+16+12); err != nil {
+		t.Fatal(err)
+	}
+	rep := identifyFile(t, img)
+	if len(rep.Partitions) != 3 || rep.Partitions[1].Index != 5 || rep.Partitions[2].Index != 6 {
+		t.Errorf("partitions %+v: want the extended one and logical 5 and 6, once each", rep.Partitions)
+	}
+	if len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "loops back") {
+		t.Errorf("warnings %q: want one about the loop", rep.Warnings)
 	}
 }
 
