@@ -38,6 +38,16 @@ func fileU64(t *testing.T, path string, off int64) uint64 {
 	return binary.BigEndian.Uint64(b[off:])
 }
 
+// readFileAt returns n bytes of a file at off.
+func readFileAt(t *testing.T, path string, off, n int64) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[off : off+n]
+}
+
 func fileSize(t *testing.T, path string) int64 {
 	t.Helper()
 	st, err := os.Stat(path)
@@ -165,6 +175,20 @@ func TestUnsafeImagesRefused(t *testing.T) {
 			patch(t, p, l2EntryOffset(t, p, 0), be64(1<<62|1<<40))
 			return p
 		}, blockdev.ErrTruncated, "compressed cluster at 0x10000000000 past the end of the file"},
+		{"compressed cluster in an encrypted image", func(t *testing.T, dir string) string {
+			src, _ := bigLUKS(t)
+			p := filepath.Join(dir, "enc.qcow2")
+			testimg.CopyFile(t, src, p)
+			// A compressed descriptor pointing at sector 8 of the file.
+			patch(t, p, l2EntryOffset(t, p, 0), be64(1<<62|0x10000))
+			return p
+		}, blockdev.ErrCorrupt, "compressed cluster in an encrypted image"},
+		{"header extension longer than the first cluster", func(t *testing.T, dir string) string {
+			p := baseImage(t, dir, "")
+			hl := int64(binary.BigEndian.Uint32(readFileAt(t, p, 100, 4)))
+			patch(t, p, hl+4, be32(0x7fffffff))
+			return p
+		}, blockdev.ErrCorrupt, "runs past the first cluster"},
 		{"dirty bit", func(t *testing.T, dir string) string {
 			p := baseImage(t, dir, "")
 			patch(t, p, 72, be64(1))
@@ -285,4 +309,18 @@ func TestNotQcow2AndUnreadableHeaders(t *testing.T) {
 	if IsQcow2(head[:3]) || !IsQcow2(head[:4]) || IsQcow2([]byte("QFI\xfa")) {
 		t.Fatal("IsQcow2 disagrees with the magic QFI\\xfb")
 	}
+}
+
+// TestUnknownHeaderExtensionSkipped renames qemu's feature table extension
+// to an unknown type: the image stays safe and reads the same.
+func TestUnknownHeaderExtensionSkipped(t *testing.T) {
+	dir := t.TempDir()
+	path, plain := testimg.MakeQcow2(t, dir, "img.qcow2", testimg.QcowImage{Size: 2 << 20,
+		Passes: [][]W{{{Off: 4096, Len: 100 << 10, Seed: 81}}}})
+	hl := int64(binary.BigEndian.Uint32(readFileAt(t, path, 100, 4)))
+	if typ := binary.BigEndian.Uint32(readFileAt(t, path, hl, 4)); typ != extFeatureTable {
+		t.Fatalf("first header extension is %#x, want the feature table", typ)
+	}
+	patch(t, path, hl, be32(0x12345678))
+	mustEqual(t, "image with an unknown extension", readAll(t, openImage(t, path), 0), plain)
 }
