@@ -14,33 +14,36 @@ import (
 // unlocking rather than waiting for PBKDF2.
 var fuzzOpts = UnlockOptions{Slot: AnySlot, MaxKDFIterations: 2000, MaxKDFMemoryKiB: 64, MaxKDFTime: 4, MaxKDFThreads: 4}
 
-// fuzzSeedImage formats a small image with cryptsetup and returns its
-// header and keyslot areas (everything before the payload).
-func fuzzSeedImage(f *testing.F, typ string, args ...string) []byte {
+const fuzzPass = "fuzz"
+
+// fuzzTemplate formats a small image with cryptsetup and returns it whole.
+// The fuzzers mutate only its header bytes (Go's fuzzer is slow on large
+// inputs) and lay them over the template, whose key material and payload
+// stay intact so that mutated headers still reach Unlock and ReadAt.
+func fuzzTemplate(f *testing.F, typ string, args ...string) []byte {
 	testimg.Need(f, "cryptsetup")
 	p := filepath.Join(f.TempDir(), typ+".img")
-	testimg.CryptsetupFormat(f, p, 3<<20, "fuzz", append([]string{"--type", typ, "--key-size", "256"}, args...)...)
+	testimg.CryptsetupFormat(f, p, 3<<20, fuzzPass, append([]string{"--type", typ}, args...)...)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		f.Fatal(err)
 	}
-	h, err := ReadHeader(bytes.NewReader(b), int64(len(b)))
-	if err != nil {
-		f.Fatal(err)
-	}
-	return b[:h.PayloadOffset+4096]
+	return b
 }
 
-// fuzzOpen parses b as an image, and if that works, unlocks it with the
-// seed passphrase and reads a little plaintext. It must never panic.
-func fuzzOpen(t *testing.T, b []byte) {
-	dev := memDevice(b)
+// fuzzOpen lays the mutated header over template, parses it, and if that
+// works unlocks it and reads some plaintext. It must never panic.
+func fuzzOpen(t *testing.T, templates [][]byte, sel byte, hdr []byte) {
+	tpl := templates[int(sel)%len(templates)]
+	img := make([]byte, max(len(tpl), len(hdr)))
+	copy(img, tpl)
+	copy(img, hdr)
+	dev := memDevice(img)
 	h, err := ReadHeader(dev, dev.Size())
 	if err != nil {
 		return
 	}
-	_, _ = ReadHeader(bytes.NewReader(b[:len(b)/2]), int64(len(b)/2))
-	k, err := h.Unlock(dev, []byte("fuzz"), fuzzOpts)
+	k, err := h.Unlock(dev, []byte(fuzzPass), fuzzOpts)
 	if err != nil {
 		return
 	}
@@ -63,19 +66,30 @@ func (m memDevice) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
-// FuzzLUKS1Header feeds mutated LUKS1 headers (seeded from cryptsetup) to
-// ReadHeader, Unlock and Volume.
+// FuzzLUKS1Header mutates LUKS1 phdrs (seeded from cryptsetup, XTS and
+// CBC-ESSIV) and runs ReadHeader, Unlock and Volume reads on them.
 func FuzzLUKS1Header(f *testing.F) {
-	f.Add(fuzzSeedImage(f, "luks1", "--pbkdf-force-iterations", "1000", "--hash", "sha256"))
-	f.Add(fuzzSeedImage(f, "luks1", "--pbkdf-force-iterations", "1000", "--cipher", "aes-cbc-essiv:sha256", "--hash", "sha1"))
-	f.Fuzz(fuzzOpen)
+	templates := [][]byte{
+		fuzzTemplate(f, "luks1", "--pbkdf-force-iterations", "1000", "--hash", "sha256", "--key-size", "256"),
+		fuzzTemplate(f, "luks1", "--pbkdf-force-iterations", "1000", "--cipher", "aes-cbc-essiv:sha256", "--key-size", "128", "--hash", "sha1"),
+	}
+	for i, tpl := range templates {
+		f.Add(byte(i), bytes.Clone(tpl[:luks1PhdrSize]))
+	}
+	f.Fuzz(func(t *testing.T, sel byte, hdr []byte) { fuzzOpen(t, templates, sel, hdr) })
 }
 
-// FuzzLUKS2Header feeds mutated LUKS2 headers (seeded from cryptsetup with
-// pbkdf2 and argon2id keyslots) to ReadHeader, Unlock and Volume.
+// FuzzLUKS2Header mutates both LUKS2 header copies (seeded from cryptsetup
+// with pbkdf2 and argon2id keyslots) and runs ReadHeader, Unlock and
+// Volume reads on them.
 func FuzzLUKS2Header(f *testing.F) {
-	small := []string{"--offset", "2048", "--luks2-keyslots-size", "512k"}
-	f.Add(fuzzSeedImage(f, "luks2", append(small, kdfPBKDF2...)...))
-	f.Add(fuzzSeedImage(f, "luks2", append(small, "--pbkdf", "argon2id", "--pbkdf-memory", "32", "--pbkdf-force-iterations", "4", "--sector-size", "4096")...))
-	f.Fuzz(fuzzOpen)
+	small := []string{"--offset", "2048", "--luks2-keyslots-size", "512k", "--key-size", "256"}
+	templates := [][]byte{
+		fuzzTemplate(f, "luks2", append(small, kdfPBKDF2...)...),
+		fuzzTemplate(f, "luks2", append(small, "--pbkdf", "argon2id", "--pbkdf-memory", "32", "--pbkdf-force-iterations", "4", "--sector-size", "4096")...),
+	}
+	for i, tpl := range templates {
+		f.Add(byte(i), bytes.Clone(tpl[:2*luks2MinHdrSize]))
+	}
+	f.Fuzz(func(t *testing.T, sel byte, hdr []byte) { fuzzOpen(t, templates, sel, hdr) })
 }
