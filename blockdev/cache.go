@@ -44,12 +44,12 @@ type Cache struct {
 	cancel  context.CancelFunc
 	c       counters
 
-	mu        sync.Mutex
-	blocks    map[int64]*cblock
-	lru       list.List // of *cblock with data, most recent in front
-	used      int64
-	lastBlock int64 // last block of the previous read
-	run       int   // consecutive sequential reads
+	mu       sync.Mutex
+	blocks   map[int64]*cblock
+	lru      list.List // of *cblock with data, most recent in front
+	used     int64
+	lastEnd  int64 // end of the previous read
+	seqBytes int64 // bytes read by the current sequential run
 
 	vmu     sync.Mutex
 	vhash   hash.Hash
@@ -90,7 +90,7 @@ func NewCache(d Device, opts CacheOptions) (*Cache, error) {
 		opts.Parallel = DefaultParallel
 	}
 	c := &Cache{d: d, opts: opts, size: d.Size(), sem: make(chan struct{}, opts.Parallel),
-		blocks: map[int64]*cblock{}, lastBlock: -2}
+		blocks: map[int64]*cblock{}}
 	c.nblocks = (c.size + opts.BlockSize - 1) / opts.BlockSize
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
@@ -147,7 +147,7 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	for i := first; i <= last; i++ {
 		blocks = append(blocks, c.get(i, false))
 	}
-	c.readAhead(first, last)
+	c.readAhead(off, int64(n), last)
 	done := 0
 	for _, b := range blocks {
 		select {
@@ -165,22 +165,31 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
-// readAhead detects sequential reading and fetches the blocks after it.
-func (c *Cache) readAhead(first, last int64) {
-	c.mu.Lock()
-	if first >= c.lastBlock && first <= c.lastBlock+1+int64(c.opts.ReadAhead) {
-		c.run++
-		c.lastBlock = max(c.lastBlock, last)
-	} else {
-		c.run = 0
-		c.lastBlock = last
-	}
-	seq := c.run >= 1
-	c.mu.Unlock()
-	if !seq || c.opts.ReadAhead == 0 {
+// readAhead detects sequential reading and fetches the blocks after it. A
+// read counts as sequential when it starts near the end of the previous one
+// (parallel readers of consecutive chunks arrive slightly out of order).
+// Read-ahead starts once a run has covered two blocks and grows with the
+// run up to ReadAhead blocks, so scattered header reads fetch nothing extra.
+func (c *Cache) readAhead(off, n, last int64) {
+	if c.opts.ReadAhead == 0 {
 		return
 	}
-	for i := last + 1; i <= last+int64(c.opts.ReadAhead) && i < c.nblocks; i++ {
+	bs := c.opts.BlockSize
+	window := int64(c.opts.ReadAhead+1) * bs
+	c.mu.Lock()
+	if off >= c.lastEnd-window && off <= c.lastEnd+window && c.seqBytes > 0 {
+		c.seqBytes += n
+		c.lastEnd = max(c.lastEnd, off+n)
+	} else {
+		c.seqBytes = n
+		c.lastEnd = off + n
+	}
+	ahead := int64(0)
+	if c.seqBytes >= 2*bs {
+		ahead = min(int64(c.opts.ReadAhead), c.seqBytes/bs)
+	}
+	c.mu.Unlock()
+	for i := last + 1; i <= last+ahead && i < c.nblocks; i++ {
 		c.get(i, true)
 	}
 }

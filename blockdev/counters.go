@@ -20,8 +20,8 @@ type Stats struct {
 
 // String formats the counters on one line for `imgfs cat --stats`.
 func (s Stats) String() string {
-	return fmt.Sprintf("%d requests, %s fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
-		s.Requests, humanize.IBytes(uint64(s.BytesFetched)), s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
+	return fmt.Sprintf("%d requests, %s (%d bytes) fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
+		s.Requests, humanize.IBytes(uint64(s.BytesFetched)), s.BytesFetched, s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
 }
 
 // StatsReporter is implemented by devices that keep Stats: the HTTP source
