@@ -1,6 +1,7 @@
 package qcowio
 
 import (
+	"io"
 	"testing"
 
 	"github.com/imgfs/imgfs/tests/testimg"
@@ -31,6 +32,9 @@ func TestReadMatchesPlaintextAndQemu(t *testing.T) {
 		{"v2 4k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10,cluster_size=4096", Passes: scattered(4096)}, false},
 		{"v2 64k clusters scattered", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10", Passes: scattered(65536)}, false},
 		{"v2 2M clusters scattered", testimg.QcowImage{Size: 6 << 20, Options: "compat=0.10,cluster_size=2097152", Passes: scattered(2 << 20)}, false},
+		{"v3 virtual size not a multiple of the cluster size", testimg.QcowImage{Size: 3<<20 + 2560, Options: "cluster_size=65536", Passes: [][]W{
+			{{Off: 3<<20 - 1000, Len: 3560, Seed: 22}, {Off: 0, Len: 4096, Seed: 23}},
+		}}, false},
 		{"v3 zero clusters over data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=4096", Passes: [][]W{
 			{{Off: 0, Len: 1 << 20, Seed: 8}},
 			{{Off: 64 << 10, Len: 64 << 10, Zero: true}, {Off: 512 << 10, Len: 4096, Zero: true}},
@@ -108,5 +112,28 @@ func TestReadConvertedImages(t *testing.T) {
 			mustEqual(t, "qemu-img convert -O raw vs source", testimg.QemuRaw(t, path, ""), raw)
 			checkAllReads(t, img, raw)
 		})
+	}
+}
+
+// TestReadAtEndOfDisk proves io.ReaderAt semantics at the end of the disk:
+// a read crossing the end returns the bytes before it and io.EOF, a read at
+// or past the end returns 0 and io.EOF, a negative offset is an error.
+func TestReadAtEndOfDisk(t *testing.T) {
+	path, plain := testimg.MakeQcow2(t, t.TempDir(), "img.qcow2", testimg.QcowImage{Size: 1<<20 + 512,
+		Passes: [][]W{{{Off: 1<<20 - 100, Len: 612, Seed: 24}}}})
+	img := openImage(t, path)
+	buf := make([]byte, 1000)
+	n, err := img.ReadAt(buf, img.Size()-300)
+	if n != 300 || err != io.EOF {
+		t.Fatalf("read across the end = %d, %v; want 300, io.EOF", n, err)
+	}
+	mustEqual(t, "tail", buf[:n], plain[len(plain)-300:])
+	for _, off := range []int64{img.Size(), img.Size() + 1<<40} {
+		if n, err := img.ReadAt(buf, off); n != 0 || err != io.EOF {
+			t.Fatalf("read at %d = %d, %v; want 0, io.EOF", off, n, err)
+		}
+	}
+	if _, err := img.ReadAt(buf, -1); err == nil {
+		t.Fatal("read at -1 succeeded")
 	}
 }
