@@ -38,6 +38,37 @@ func fileU64(t *testing.T, path string, off int64) uint64 {
 	return binary.BigEndian.Uint64(b[off:])
 }
 
+// copyBigLUKS copies the shared qcow2+LUKS image into dir for patching.
+func copyBigLUKS(t *testing.T, dir string) string {
+	t.Helper()
+	src, _ := bigLUKS(t)
+	p := filepath.Join(dir, "enc.qcow2")
+	testimg.CopyFile(t, src, p)
+	return p
+}
+
+// cryptoExtOffset returns the file offset of the data (u64 offset, u64
+// length) of the crypto header extension 0x0537be77, parsed independently.
+func cryptoExtOffset(t *testing.T, path string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(binary.BigEndian.Uint32(b[100:])); off+8 <= 65536; {
+		typ, n := binary.BigEndian.Uint32(b[off:]), int64(binary.BigEndian.Uint32(b[off+4:]))
+		if typ == 0x0537be77 {
+			return off + 8
+		}
+		if typ == 0 {
+			break
+		}
+		off += 8 + (n+7)&^7
+	}
+	t.Fatal("no crypto header extension")
+	return 0
+}
+
 // readFileAt returns n bytes of a file at off.
 func readFileAt(t *testing.T, path string, off, n int64) []byte {
 	t.Helper()
@@ -176,13 +207,21 @@ func TestUnsafeImagesRefused(t *testing.T) {
 			return p
 		}, blockdev.ErrTruncated, "compressed cluster at 0x10000000000 past the end of the file"},
 		{"compressed cluster in an encrypted image", func(t *testing.T, dir string) string {
-			src, _ := bigLUKS(t)
-			p := filepath.Join(dir, "enc.qcow2")
-			testimg.CopyFile(t, src, p)
+			p := copyBigLUKS(t, dir)
 			// A compressed descriptor pointing at sector 8 of the file.
 			patch(t, p, l2EntryOffset(t, p, 0), be64(1<<62|0x10000))
 			return p
 		}, blockdev.ErrCorrupt, "compressed cluster in an encrypted image"},
+		{"damaged embedded LUKS header", func(t *testing.T, dir string) string {
+			p := copyBigLUKS(t, dir)
+			patch(t, p, int64(fileU64(t, p, cryptoExtOffset(t, p))), []byte("XXXX"))
+			return p
+		}, blockdev.ErrCorrupt, "LUKS header:"},
+		{"LUKS header area past EOF", func(t *testing.T, dir string) string {
+			p := copyBigLUKS(t, dir)
+			patch(t, p, cryptoExtOffset(t, p), be64(1<<40))
+			return p
+		}, blockdev.ErrTruncated, "LUKS header area at 0x10000000000"},
 		{"header extension longer than the first cluster", func(t *testing.T, dir string) string {
 			p := baseImage(t, dir, "")
 			hl := int64(binary.BigEndian.Uint32(readFileAt(t, p, 100, 4)))
