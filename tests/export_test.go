@@ -188,8 +188,9 @@ func TestExportRefusals(t *testing.T) {
 		wantErr  string
 		withFile bool
 	}{
-		{"qcow2 target", []string{"--to", "qcow2", "--passphrase-file", pf, enc}, 1, "not implemented yet", false},
-		{"unknown target", []string{"--to", "vmdk", enc}, 2, "want luks or raw", false},
+		{"qcow2 target on stdout", []string{"--to", "qcow2", "--passphrase-file", pf, enc}, 2, "use -o FILE", false},
+		{"bad cluster size", []string{"--to", "qcow2", "--cluster-size", "3K", "--passphrase-file", pf, "-o", out, enc}, 2, "--cluster-size", true},
+		{"unknown target", []string{"--to", "vmdk", enc}, 2, "want luks, raw or qcow2", false},
 		{"no target", []string{enc}, 2, "to", false},
 		{"wrong passphrase", []string{"--to", "luks", "--passphrase-file", wrong, "-o", out, enc}, 1, "no keyslot matches the passphrase", true},
 		{"no key for qcow2+LUKS", []string{"--to", "luks", "-o", out, enc}, 1, "key is required", true},
@@ -218,6 +219,63 @@ func TestExportRefusals(t *testing.T) {
 			}
 			if leftovers, _ := filepath.Glob(filepath.Join(dir, ".*imgfs-*")); len(leftovers) > 0 {
 				t.Errorf("temporary files left behind: %v", leftovers)
+			}
+		})
+	}
+}
+
+// qemuCheck runs `qemu-img check` (with the key for an encrypted image)
+// and fails unless it reports no errors and no leaks.
+func qemuCheck(t *testing.T, path, pass string) {
+	t.Helper()
+	args := []string{"check"}
+	if pass != "" {
+		args = append(args, "--object", "secret,id=sec0,data="+pass, "--image-opts", "driver=qcow2,encrypt.key-secret=sec0,file.filename="+path)
+	} else {
+		args = append(args, "-f", "qcow2", path)
+	}
+	out := string(testimg.QemuImg(t, args...))
+	if !strings.Contains(out, "No errors were found on the image.") || strings.Contains(out, "leaked") {
+		t.Fatalf("qemu-img check:\n%s", out)
+	}
+}
+
+// --to qcow2 keeps the encryption and the keyslots: a qcow2+LUKS source,
+// a raw LUKS1 source and an unencrypted source become compact qcow2 images
+// that qemu-img checks clean and reads as the same plaintext with the same
+// passphrase.
+func TestExportToQcow2(t *testing.T) {
+	dir := t.TempDir()
+	pf := passFile(t, dir, testPass)
+	encQcow, plain := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
+		Size: 16 << 20, Options: "cluster_size=4096", Passphrase: testPass, Passes: exportWrites(4096),
+	})
+	rawLUKS := luks1Image(t, dir, plain, testPass, "")
+	plainQcow := testimg.ConvertQcow2(t, dir, "plain.qcow2", plain, "", "", false)
+	for _, c := range []struct {
+		name, src, pass, clusters string
+	}{
+		{"qcow2+LUKS", encQcow, testPass, "4K"},
+		{"raw LUKS1", rawLUKS, testPass, "64K"},
+		{"unencrypted qcow2", plainQcow, "", "256K"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := filepath.Join(dir, "out-"+strings.ReplaceAll(c.name, " ", "-")+".qcow2")
+			args := []string{"export", "--to", "qcow2", "--cluster-size", c.clusters, "-o", out}
+			if c.pass != "" {
+				args = append(args, "--passphrase-file", pf)
+			}
+			mustImgfs(t, nil, append(args, c.src)...)
+			qemuCheck(t, out, c.pass)
+			if got := testimg.QemuRaw(t, out, c.pass); !bytes.Equal(got, plain) {
+				t.Fatalf("qemu-img plaintext differs at byte %d", diffAt(got, plain))
+			}
+			info := string(testimg.QemuImg(t, "info", out))
+			if enc := strings.Contains(info, "encrypted: yes"); enc != (c.pass != "") {
+				t.Fatalf("qemu-img info (encrypted = %v expected):\n%s", c.pass != "", info)
+			}
+			if st, _ := os.Stat(out); st.Size() > 8<<20 {
+				t.Errorf("%d-byte qcow2 for a 16 MiB disk with ~4 MiB of data: zero clusters allocated?", st.Size())
 			}
 		})
 	}

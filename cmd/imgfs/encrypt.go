@@ -23,14 +23,15 @@ const (
 func encryptCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "encrypt",
-		Usage: "write a new encrypted image (raw LUKS1) of a raw or qcow2 INPUT, streaming",
+		Usage: "write a new encrypted image (raw LUKS1 or qcow2+LUKS) of a raw or qcow2 INPUT, streaming",
 		Description: "The volume key is random; the passphrase (--passphrase-file, or --key-file whose\n" +
 			"lowercase hex is the passphrase, as OpenStack uses Barbican keys) goes into keyslot 0.\n" +
 			"The header is cryptsetup's LUKS1 default: aes-xts-plain64, 512-bit key, PBKDF2-sha256\n" +
 			"calibrated to --iter-time, payload at 2 MiB. qemu-img and cryptsetup open the result.",
 		ArgsUsage: "INPUT",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "format", Value: encryptLUKS, Usage: "output format: luks (qcow2+luks is not implemented yet)"},
+			&cli.StringFlag{Name: "format", Value: encryptLUKS, Usage: "output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"},
+			clusterSizeFlagDef(),
 			&cli.StringFlag{Name: "passphrase-file", Usage: "read the new passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 			&cli.StringFlag{Name: "key-file", Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write to `FILE` (created atomically; - = stdout)"},
@@ -52,10 +53,9 @@ func encryptAction(c *cli.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	switch f := strings.ToLower(c.String("format")); f {
-	case encryptLUKS:
-	case encryptQcow2LUKS:
-		return cli.Exit(fmt.Sprintf("encrypt --format qcow2+luks: %v (use --format luks)", errNotImplemented), exitError)
+	format := strings.ToLower(c.String("format"))
+	switch format {
+	case encryptLUKS, encryptQcow2LUKS:
 	default:
 		return usageError("--format %q: want luks or qcow2+luks", c.String("format"))
 	}
@@ -76,7 +76,16 @@ func encryptAction(c *cli.Context) (err error) {
 	}
 	outPath := c.String("output")
 	if outPath == "" {
-		return usageError("encrypt: --output FILE is required (- for stdout)")
+		return usageError("encrypt: --output FILE is required (- for stdout with --format luks)")
+	}
+	var clusterSize int64
+	if format == encryptQcow2LUKS {
+		if clusterSize, err = clusterSizeFlag(c); err != nil {
+			return err
+		}
+		if outPath == "-" {
+			return usageError("encrypt --format qcow2+luks is written with seeks: use -o FILE, not stdout")
+		}
 	}
 	if err := checkOutput(outPath); err != nil {
 		return err
@@ -117,13 +126,29 @@ func encryptAction(c *cli.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("key: %w", err)
 	}
+	what := "encrypt " + filepath.Base(spec)
+	if format == encryptQcow2LUKS {
+		area, key, err := luksio.NewLUKS1(pass, fopts)
+		keyring.Zero(pass)
+		if err != nil {
+			return err
+		}
+		cipher, err := key.Cipher()
+		key.Close()
+		if err != nil {
+			return err
+		}
+		defer cipher.Close()
+		return writeQcow2File(c.Context, img.Disk, outPath, mode, what,
+			qcowio.WriteOptions{ClusterSize: clusterSize, LUKSArea: area, Cipher: cipher})
+	}
 	view, err := luksio.NewLUKS1View(img.Disk, pass, fopts)
 	keyring.Zero(pass)
 	if err != nil {
 		return err
 	}
 	defer view.Close()
-	return writeDevice(c.Context, view, outPath, mode, "encrypt "+filepath.Base(spec))
+	return writeDevice(c.Context, view, outPath, mode, what)
 }
 
 // formatOptions collects the LUKS1 header parameters from the flags.

@@ -30,20 +30,19 @@ const (
 // streamChunk × (workers + 2).
 const streamChunk = 4 << 20
 
-// errNotImplemented marks a target that is planned but not written yet.
-var errNotImplemented = errors.New("not implemented yet")
-
 func exportCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "export",
-		Usage: "stream an image into another format: luks (raw LUKS1, same key), raw (plaintext)",
+		Usage: "stream an image into another format: luks (raw LUKS1, same key), qcow2 (same key if encrypted), raw (plaintext)",
 		Description: "--to luks turns a qcow2+LUKS image into a raw LUKS1 volume that the same passphrase\n" +
 			"opens (the keyslots are copied, the data re-encrypted in memory); a raw LUKS source is\n" +
-			"copied as stored and needs no key. --to raw writes the plaintext disk (like cat).\n" +
-			"Nothing is decrypted to disk for --to luks.",
+			"copied as stored and needs no key. --to qcow2 writes a compact qcow2 (zero clusters\n" +
+			"unallocated), qcow2+LUKS with the same keyslots when SOURCE is encrypted (LUKS1).\n" +
+			"--to raw writes the plaintext disk (like cat). Only --to raw puts plaintext on disk.",
 		ArgsUsage: "SOURCE",
 		Flags: append(append(keyFlags(), formatFlags()...),
-			&cli.StringFlag{Name: "to", Usage: "target format: luks, raw (qcow2 is not implemented yet)"},
+			&cli.StringFlag{Name: "to", Usage: "target format: luks, raw or qcow2 (qcow2+LUKS with the same keyslots for an encrypted SOURCE)"},
+			clusterSizeFlagDef(),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write to `FILE` (created atomically; - = stdout)"},
 			progressFlag(),
 		),
@@ -58,13 +57,11 @@ func exportAction(c *cli.Context) error {
 	}
 	to := strings.ToLower(c.String("to"))
 	switch to {
-	case exportLUKS, exportRaw:
-	case exportQcow2:
-		return cli.Exit(fmt.Sprintf("export --to qcow2: %v (use --to luks or --to raw)", errNotImplemented), exitError)
+	case exportLUKS, exportRaw, exportQcow2:
 	case "":
-		return usageError("export: --to is required (luks or raw)")
+		return usageError("export: --to is required (luks, raw or qcow2)")
 	default:
-		return usageError("--to %q: want luks or raw", c.String("to"))
+		return usageError("--to %q: want luks, raw or qcow2", c.String("to"))
 	}
 	mode, err := progressMode(c)
 	if err != nil {
@@ -106,6 +103,16 @@ func exportAction(c *cli.Context) error {
 	}
 	defer src.close()
 	defer img.Close()
+	if to == exportQcow2 {
+		wopts, err := qcow2Encryption(img)
+		if err != nil {
+			return fmt.Errorf("%s: export --to qcow2: %w", spec, err)
+		}
+		if wopts.ClusterSize, err = clusterSizeFlag(c); err != nil {
+			return err
+		}
+		return writeQcow2File(c.Context, img.Disk, outPath, mode, "export "+filepath.Base(spec), wopts)
+	}
 	var d blockdev.Device
 	switch {
 	case to == exportRaw:
@@ -128,6 +135,59 @@ func exportAction(c *cli.Context) error {
 	return writeDevice(c.Context, d, outPath, mode, "export "+filepath.Base(spec))
 }
 
+// qcow2Encryption returns the LUKS area and cipher that keep an encrypted
+// image's keyslots in a qcow2+LUKS copy (none for an unencrypted image).
+func qcow2Encryption(img *image.Image) (qcowio.WriteOptions, error) {
+	var area blockdev.Device
+	var c *luksio.SectorCipher
+	switch d := img.Disk.(type) {
+	case *luksio.Volume:
+		h := d.Header()
+		if h.Version != 1 {
+			return qcowio.WriteOptions{}, fmt.Errorf("a LUKS%d volume cannot be embedded in qcow2 (qemu reads LUKS1 only): %w", h.Version, blockdev.ErrUnsupported)
+		}
+		a, err := blockdev.NewSection(img.Stored, 0, h.PayloadOffset)
+		if err != nil {
+			return qcowio.WriteOptions{}, err
+		}
+		area, c = a, d.SectorCipher()
+	case *qcowio.Image:
+		if !d.Encrypted() {
+			return qcowio.WriteOptions{}, nil
+		}
+		area, c = d.LUKSArea(), d.SectorCipher()
+	default:
+		return qcowio.WriteOptions{}, nil
+	}
+	if area == nil || c == nil {
+		return qcowio.WriteOptions{}, fmt.Errorf("no usable LUKS header: %w", blockdev.ErrCorrupt)
+	}
+	if area.Size() > maxQcow2LUKSArea {
+		return qcowio.WriteOptions{}, fmt.Errorf("LUKS header area of %d bytes exceeds %d: %w", area.Size(), maxQcow2LUKSArea, blockdev.ErrUnsupported)
+	}
+	buf := make([]byte, area.Size())
+	if err := blockdev.ReadFull(area, buf, 0); err != nil {
+		return qcowio.WriteOptions{}, fmt.Errorf("LUKS header area: %w", err)
+	}
+	return qcowio.WriteOptions{LUKSArea: buf, Cipher: c}, nil
+}
+
+// maxQcow2LUKSArea bounds the LUKS header area copied into a qcow2 image.
+const maxQcow2LUKSArea = 64 << 20
+
+// clusterSizeFlag reads --cluster-size.
+func clusterSizeFlag(c *cli.Context) (int64, error) {
+	n, err := parseSize(c.String("cluster-size"))
+	if err != nil || n < 4096 || n > 2<<20 || n&(n-1) != 0 {
+		return 0, usageError("--cluster-size %q: want a power of two from 4K to 2M", c.String("cluster-size"))
+	}
+	return n, nil
+}
+
+func clusterSizeFlagDef() cli.Flag {
+	return &cli.StringFlag{Name: "cluster-size", Value: "64K", Usage: "qcow2 cluster `SIZE` (4K to 2M)"}
+}
+
 // checkOutput refuses to write an image to a terminal.
 func checkOutput(path string) error {
 	if (path == "" || path == "-") && isTerminal(os.Stdout) {
@@ -145,6 +205,27 @@ func writeDevice(ctx context.Context, d blockdev.Device, path, mode, what string
 	if path == "" || path == "-" {
 		return streamDevice(ctx, os.Stdout, d, false, prog)
 	}
+	return writeAtomically(path, func(f *os.File) error { return streamDevice(ctx, f, d, true, prog) })
+}
+
+// writeQcow2File writes the plaintext disk d as a qcow2 image (encrypted
+// when opts carry a LUKS area and cipher) to the file path, with progress.
+func writeQcow2File(ctx context.Context, d blockdev.Device, path, mode, what string, opts qcowio.WriteOptions) (err error) {
+	if path == "" || path == "-" {
+		return usageError("qcow2 output is written with seeks: use -o FILE, not stdout")
+	}
+	prog := startProgress(mode, what, d.Size(), os.Stderr)
+	defer func() { prog.Finish(err) }()
+	opts.Progress = prog.Add
+	return writeAtomically(path, func(f *os.File) error {
+		_, err := qcowio.Write(ctx, f, d, opts)
+		return err
+	})
+}
+
+// writeAtomically creates a temporary file (mode 0600) beside path, lets
+// fill write it, and renames it to path on success; on failure it removes it.
+func writeAtomically(path string, fill func(*os.File) error) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -159,7 +240,7 @@ func writeDevice(ctx context.Context, d blockdev.Device, path, mode, what string
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err = streamDevice(ctx, tmp, d, true, prog); err != nil {
+	if err = fill(tmp); err != nil {
 		return err
 	}
 	if err = tmp.Sync(); err != nil {
