@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -49,6 +50,7 @@ var csMatrix = []csCase{
 	{"luks2-argon2id-xts512-sector4096", "luks2", "aes-xts-plain64", 512, 4096, "argon2id", kdfArgon2id, kdfArgon2i, ""},
 	{"luks2-argon2id-xts256-sector2048", "luks2", "aes-xts-plain64", 256, 2048, "argon2id", kdfArgon2id, kdfPBKDF2, ""},
 	{"luks2-pbkdf2-sha512-cbc-essiv-sector4096", "luks2", "aes-cbc-essiv:sha256", 256, 4096, "pbkdf2", kdfPBKDF2, kdfArgon2i, "sha512"},
+	{"luks2-metadata64k-argon2id-xts512", "luks2", "aes-xts-plain64", 512, 512, "argon2id", append([]string{"--luks2-metadata-size", "64k"}, kdfArgon2id...), kdfPBKDF2, ""},
 	{"luks1-sha512-cbc-essiv", "luks1", "aes-cbc-essiv:sha256", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha512"},
 	{"luks1-sha1-xts512", "luks1", "aes-xts-plain64", 512, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha1"},
 	{"luks1-ripemd160-xts256", "luks1", "aes-xts-plain64", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "ripemd160"},
@@ -63,7 +65,7 @@ func makeCryptsetupImage(t *testing.T, dir string, c csCase, seed uint64) (strin
 	path := filepath.Join(dir, c.name+".img")
 	args := []string{"--type", c.typ, "--cipher", c.cipher, "--key-size", strconv.Itoa(c.keyBits), "--offset", strconv.Itoa(csOffset)}
 	if c.typ == "luks2" {
-		args = append(args, "--sector-size", strconv.Itoa(c.sector))
+		args = append(args, "--sector-size", strconv.Itoa(c.sector), "--label", c.name)
 	}
 	if c.hash != "" {
 		args = append(args, "--hash", c.hash)
@@ -105,6 +107,10 @@ func TestCryptsetupImages(t *testing.T) {
 			if h.Keyslots[0].KDF != c.kdf {
 				t.Fatalf("keyslot 0 KDF %q, want %q", h.Keyslots[0].KDF, c.kdf)
 			}
+			uuid := strings.TrimSpace(string(testimg.Run(t, "cryptsetup", "luksUUID", path)))
+			if h.UUID != uuid || (c.typ == "luks2" && h.Label != c.name) {
+				t.Fatalf("UUID %q label %q; cryptsetup says %q, label %q", h.UUID, h.Label, uuid, c.name)
+			}
 			for slot, pass := range []string{csPass1, csPass2} {
 				k, err := h.Unlock(f, []byte(pass), UnlockOptions{Slot: AnySlot})
 				if err != nil {
@@ -134,12 +140,20 @@ func TestCryptsetupImages(t *testing.T) {
 // by the secondary copy (UsedSecondary), and that damage to both copies is
 // a clear ErrCorrupt error.
 func TestLUKS2HeaderRecovery(t *testing.T) {
-	path, plain, _, _ := makeCryptsetupImage(t, t.TempDir(), csMatrix[1], 400)
+	for _, tc := range []struct {
+		c       csCase
+		hdrSize int
+	}{{csMatrix[1], 16 << 10}, {csMatrix[5], 64 << 10}} {
+		t.Run(tc.c.name, func(t *testing.T) { testHeaderRecovery(t, tc.c, tc.hdrSize) })
+	}
+}
+
+func testHeaderRecovery(t *testing.T, c csCase, hdrSize int) {
+	path, plain, _, _ := makeCryptsetupImage(t, t.TempDir(), c, 400)
 	img, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const hdrSize = 16 << 10 // cryptsetup's default metadata size
 	flip := func(offs ...int) []byte {
 		b := bytes.Clone(img)
 		for _, o := range offs {
@@ -173,8 +187,8 @@ func TestLUKS2HeaderRecovery(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.UsedSecondary != tc.usedSecondary {
-				t.Fatalf("UsedSecondary = %v, want %v", h.UsedSecondary, tc.usedSecondary)
+			if h.UsedSecondary != tc.usedSecondary || h.HeaderSize != int64(hdrSize) {
+				t.Fatalf("UsedSecondary = %v, header size %d; want %v, %d", h.UsedSecondary, h.HeaderSize, tc.usedSecondary, hdrSize)
 			}
 			k, err := h.Unlock(f, []byte(csPass1), UnlockOptions{Slot: AnySlot})
 			if err != nil {

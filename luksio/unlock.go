@@ -79,6 +79,9 @@ func (k *Key) String() string { return "luksio.Key(redacted)" }
 // GoString hides the key from %#v.
 func (k *Key) GoString() string { return "luksio.Key(redacted)" }
 
+// Format prints "luksio.Key(redacted)" for every fmt verb.
+func (k *Key) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "luksio.Key(redacted)") }
+
 // Cipher returns a sector cipher for the header's cipher spec and sector
 // size keyed with this key.
 func (k *Key) Cipher() (*SectorCipher, error) {
