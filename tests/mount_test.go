@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -592,4 +594,119 @@ func pipeCount(cmd *exec.Cmd) (int64, error) {
 		return n, fmt.Errorf("%v: %s", err, errb.String())
 	}
 	return n, nil
+}
+
+// A source that fails after the mount is up answers EIO (logged once on
+// stderr), and the mount keeps serving: no read hangs.
+func TestMountSourceErrorsBecomeEIO(t *testing.T) {
+	testimg.Need(t, "fusermount3")
+	plain := testimg.RandomBytes(8<<20, 31)
+	origin := serveDir(t, filepath.Dir(testimg.WriteFile(t, t.TempDir(), "disk.raw", plain)))
+	var broken atomic.Bool
+	proxy, _ := faultProxy(t, origin, "", func(_ int64, w http.ResponseWriter, _ *http.Request) bool {
+		if broken.Load() {
+			http.Error(w, "gone", http.StatusNotFound)
+			return true
+		}
+		return false
+	})
+	dir := t.TempDir()
+	cmd := exec.Command(imgfsBin, "mount", "--format", "raw", "--block-size", "64KiB", proxy+"/disk.raw", dir)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	})
+	errs := bufio.NewReader(stderr)
+	if line, _ := errs.ReadString('\n'); !strings.Contains(line, "imgfs: mounted ") {
+		t.Fatalf("first stderr line %q; want the mounted line", line)
+	}
+	f, err := os.Open(filepath.Join(dir, "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, plain[:4096]) {
+		t.Fatalf("read before the fault: %v or bytes differ", err)
+	}
+	broken.Store(true)
+	for _, off := range []int64{5 << 20, 7 << 20, 3 << 20} {
+		if _, err := f.ReadAt(buf, off); !errors.Is(err, syscall.EIO) {
+			t.Errorf("read at %d from a failing source: %v, want EIO", off, err)
+		}
+	}
+	broken.Store(false)
+	if _, err := f.ReadAt(buf, 6<<20); err != nil || !bytes.Equal(buf, plain[6<<20:6<<20+4096]) {
+		t.Errorf("read after the source recovered: %v or bytes differ", err)
+	}
+	f.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(errs)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("imgfs mount after SIGTERM: %v; stderr %q", err, rest)
+	}
+	t.Logf("stderr: %s", rest)
+	if n := strings.Count(string(rest), "answered EIO"); n != 1 || !strings.Contains(string(rest), "404") {
+		t.Errorf("stderr after the faults: %q; want one EIO line naming the 404", rest)
+	}
+}
+
+// Only the mounting user sees the mount, unless --allow-other, which shows
+// it to everyone with world-readable files. Needs root (to act as nobody).
+func TestMountAllowOther(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("SKIP: needs root to read the mount as another user")
+	}
+	testimg.Need(t, "setpriv", "cat")
+	img := makeMountImage(t, "raw", testimg.RandomBytes(1<<20, 32))
+	asNobody := func(dir string) ([]byte, error) {
+		return testimg.RunErr("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", filepath.Join(dir, "disk"))
+	}
+	openUp := func(dir string) { // let nobody reach the mountpoint
+		for p := dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+			os.Chmod(p, 0o755)
+		}
+	}
+
+	dir, pid := mountDaemon(t, img.path)
+	openUp(dir)
+	if out, err := asNobody(dir); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("nobody reading a private mount: %v, %d bytes; want Permission denied", err, len(out))
+	}
+	unmountAndCheck(t, dir, pid)
+
+	dir, pid = mountDaemon(t, "--allow-other", img.path)
+	openUp(dir)
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "disk"), &st); err != nil || st.Mode != unix.S_IFREG|0o444 {
+		t.Errorf("--allow-other: disk mode %o, %v; want 0444", st.Mode, err)
+	}
+	if !strings.Contains(mountOptions(dir), "allow_other") {
+		t.Errorf("--allow-other: mount options %q lack allow_other", mountOptions(dir))
+	}
+	got, err := asNobody(dir)
+	if err != nil || !bytes.Equal(got, testimg.RandomBytes(1<<20, 32)) {
+		t.Errorf("nobody reading an --allow-other mount: %v, or %d bytes differ from the plaintext", err, len(got))
+	}
+	unmountAndCheck(t, dir, pid)
+}
+
+// mountOptions returns the options of the mount at dir in /proc/self/mounts.
+func mountOptions(dir string) string {
+	data, _ := os.ReadFile("/proc/self/mounts")
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[1] == dir {
+			return f[3]
+		}
+	}
+	return ""
 }

@@ -36,7 +36,7 @@ func mountCommand() *cli.Command {
 			"Runs in the foreground until Ctrl-C, SIGTERM or `imgfs umount`; --daemon returns once the mount\n" +
 			"is ready and leaves it serving in the background (its later errors are not shown).",
 		ArgsUsage: "SOURCE MOUNTPOINT",
-		Flags: append(append(keyFlags(), formatFlags()...),
+		Flags: append(append(append(keyFlags(), formatFlags()...), sourceFlags()...),
 			&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount (allow_other)"},
 			&cli.BoolFlag{Name: "daemon", Aliases: []string{"d"}, Usage: "return once mounted and serve in the background"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request to stderr"},
@@ -124,6 +124,11 @@ func mountAction(c *cli.Context) error {
 		fmt.Fprintf(os.Stderr, "imgfs: mounted %s at %s (Ctrl-C or `imgfs umount %s` to unmount)\n", spec, srv.Dir(), srv.Dir())
 	}
 
+	defer func() {
+		if n := srv.ReadErrors(); n > 1 {
+			fmt.Fprintf(os.Stderr, "imgfs: %d reads failed with EIO while mounted\n", n)
+		}
+	}()
 	select {
 	case <-done: // unmounted from outside (imgfs umount, fusermount3 -u)
 		return nil
