@@ -470,6 +470,17 @@ func TestMissingFuseNamesTheFix(t *testing.T) {
 	}
 }
 
+func TestMissingFusermountNamesTheFix(t *testing.T) {
+	old := fusermountFallbackDir
+	fusermountFallbackDir = t.TempDir()
+	defer func() { fusermountFallbackDir = old }()
+	t.Setenv("PATH", t.TempDir())
+	_, err := Mount(t.TempDir(), Options{Disk: &memDev{data: []byte("x")}})
+	if !errors.Is(err, ErrFuseMissing) || !strings.Contains(err.Error(), "fusermount3") || !strings.Contains(err.Error(), "apt-get install fuse3") {
+		t.Fatalf("Mount without fusermount3: %v", err)
+	}
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -60,8 +60,12 @@ const (
 	readahead = 4 << 20
 )
 
-// devFuse is the FUSE device; a variable so tests can pretend it is missing.
-var devFuse = "/dev/fuse"
+// devFuse is the FUSE device and fusermountFallbackDir where fusermount3 is
+// looked for outside PATH; variables so tests can pretend FUSE is missing.
+var (
+	devFuse               = "/dev/fuse"
+	fusermountFallbackDir = "/bin"
+)
 
 // ErrFuseMissing means FUSE cannot be used on this machine.
 var ErrFuseMissing = errors.New("FUSE is not available (install it with `apt-get install fuse3`)")
@@ -233,7 +237,7 @@ func FusermountPath() (string, error) {
 		if p, err := exec.LookPath(name); err == nil {
 			return p, nil
 		}
-		if p := filepath.Join("/bin", name); isExecutable(p) {
+		if p := filepath.Join(fusermountFallbackDir, name); isExecutable(p) {
 			return p, nil
 		}
 	}

@@ -710,3 +710,63 @@ func mountOptions(dir string) string {
 	}
 	return ""
 }
+
+// The daemon reads --passphrase-file - from the caller's stdin before it
+// detaches.
+func TestMountDaemonTakesPassphraseFromStdin(t *testing.T) {
+	testimg.Need(t, "fusermount3")
+	img := makeMountImage(t, "luks1", testimg.RandomBytes(2<<20, 33))
+	dir := t.TempDir()
+	r := runImgfs(t, []byte(testPass+"\n"), "mount", "-d", "--passphrase-file", "-", img.path, dir)
+	if r.code != 0 {
+		t.Fatalf("mount -d --passphrase-file -: exit %d: %s", r.code, r.stderr)
+	}
+	m := daemonPidRE.FindSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("no daemon pid in %q", r.stderr)
+	}
+	pid, _ := strconv.Atoi(string(m[1]))
+	t.Cleanup(func() { exec.Command("fusermount3", "-u", "-z", dir).Run(); syscall.Kill(pid, syscall.SIGKILL) })
+	cmpFiles(t, filepath.Join(dir, "disk"), img.plainPath)
+	unmountAndCheck(t, dir, pid)
+}
+
+// SIGTERM while a file is open cannot unmount cleanly: the mount is
+// detached lazily (as libfuse does) and imgfs still exits 0.
+func TestMountSignalWhileBusyDetachesLazily(t *testing.T) {
+	testimg.Need(t, "fusermount3")
+	img := makeMountImage(t, "raw", testimg.RandomBytes(1<<20, 34))
+	dir := t.TempDir()
+	cmd := exec.Command(imgfsBin, "mount", img.path, dir)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	})
+	errs := bufio.NewReader(stderr)
+	if line, _ := errs.ReadString('\n'); !strings.Contains(line, "imgfs: mounted ") {
+		t.Fatalf("first stderr line %q", line)
+	}
+	f, err := os.Open(filepath.Join(dir, "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Process.Signal(syscall.SIGTERM)
+	rest, _ := io.ReadAll(errs)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM while busy: %v; stderr %q", err, rest)
+	}
+	if !strings.Contains(string(rest), "detached it lazily") {
+		t.Errorf("stderr %q; want the lazy-detach note", rest)
+	}
+	if got := mountType(dir); got != "" {
+		t.Errorf("a %s mount is left after SIGTERM", got)
+	}
+}
