@@ -42,6 +42,17 @@ func main() {
 	}
 	p("GLOBL xtsGF4<>(SB), (NOPTR+RODATA), $64")
 	p("")
+	p("// xtsCntL<> and xtsCntR<> are per-quadword shift counts that turn a")
+	p("// tweak broadcast to four lanes into [T, T*x, T*x^2, T*x^3].")
+	for j := 0; j < 4; j++ {
+		p("DATA xtsCntL<>+0x%02x(SB)/8, $%d", 16*j, j)
+		p("DATA xtsCntL<>+0x%02x(SB)/8, $%d", 16*j+8, j)
+		p("DATA xtsCntR<>+0x%02x(SB)/8, $%d", 16*j, 64-j)
+		p("DATA xtsCntR<>+0x%02x(SB)/8, $%d", 16*j+8, 64-j)
+	}
+	p("GLOBL xtsCntL<>(SB), (NOPTR+RODATA), $64")
+	p("GLOBL xtsCntR<>(SB), (NOPTR+RODATA), $64")
+	p("")
 	genVAES("xtsDecryptVAES", "VAESDEC", "VAESDECLAST", "dk")
 	genVAES("xtsEncryptVAES", "VAESENC", "VAESENCLAST", "ek")
 	if err := os.WriteFile("xtsasm_amd64.s", b.Bytes(), 0o644); err != nil {
@@ -167,7 +178,10 @@ func gen(name, op, opLast, keyName string) {
 }
 
 // genVAES writes the AVX-512 VAES variant: 32 blocks per iteration in
-// eight ZMM registers of four blocks each.
+// eight ZMM registers of four blocks each. The tweak of the next sector is
+// encrypted before the blocks of the current one, so that its serial AES
+// rounds overlap with them; the eight tweak registers of a group are
+// derived from the first in parallel (by x^4, x^8, ..., x^28).
 //
 //	AX  data round keys        BX  tweak round keys
 //	SI  src                    DI  dst
@@ -179,7 +193,7 @@ func gen(name, op, opLast, keyName string) {
 //	Z8-Z15  their tweaks: lane j of Zk is the tweak of block 4(k-8)+j
 //	Z16     round key 0, Z17-Z29 round keys 1..13, Z30 the last round key,
 //	        each broadcast to all four lanes
-//	Z31     xtsGF4<>
+//	X31     the encrypted IV (first tweak) of the next sector
 func genVAES(name, op, opLast, keyName string) {
 	p("// func %s(nr int, %s, tk, dst, src *byte, sectors, groups int, sector, step, mask uint64)", name, keyName)
 	p("TEXT ·%s(SB), NOSPLIT, $0-80", name)
@@ -199,53 +213,31 @@ func genVAES(name, op, opLast, keyName string) {
 	p("\tJZ %s_done", name)
 	p("\tTESTQ DX, DX")
 	p("\tJZ %s_done", name)
-	p("\tVMOVDQU64 xtsGF4<>(SB), Z31")
 	p("\tVBROADCASTI32X4 (AX), Z16")
 	for r := 1; r <= 13; r++ {
 		// Keys past the last round are unused; the arrays hold 15 keys.
 		p("\tVBROADCASTI32X4 %d(AX), Z%d", 16*r, 16+r)
 	}
 	p("\tVBROADCASTI32X4 (AX)(R13*1), Z30")
+	tweak(name + "_tw0")
 	p("")
 	p("%s_sector:", name)
-	p("\t// X8 = AES-encrypt(tweak key, IV); the IV is the masked sector number, little-endian.")
-	p("\tMOVQ R8, R12")
-	p("\tANDQ R10, R12")
-	p("\tVMOVQ R12, X8")
-	p("\tVPXOR (BX), X8, X8")
-	for r := 1; r <= 13; r++ {
-		switch r {
-		case 10:
-			p("\tCMPQ R11, $10")
-			p("\tJEQ %s_tweaklast", name)
-		case 12:
-			p("\tCMPQ R11, $12")
-			p("\tJEQ %s_tweaklast", name)
-		}
-		p("\tVAESENC %d(BX), X8, X8", 16*r)
-	}
-	p("%s_tweaklast:", name)
-	p("\tVAESENCLAST (BX)(R13*1), X8, X8")
-	p("\t// Z8 = [T, T*x, T*x^2, T*x^3].")
-	prev := "X8"
-	for j := 1; j <= 3; j++ {
-		dst := fmt.Sprintf("X%d", j)
-		p("\tVPSHUFD $0x13, %s, X4", prev)
-		p("\tVPSRAD $31, X4, X4")
-		p("\tVPAND xtsGF<>(SB), X4, X4")
-		p("\tVPADDQ %s, %s, %s", prev, prev, dst)
-		p("\tVPXOR X4, %s, %s", dst, dst)
-		prev = dst
-	}
-	for j := 1; j <= 3; j++ {
-		p("\tVINSERTI32X4 $%d, X%d, Z8, Z8", j, j)
-	}
+	p("\t// Z8 = [T, T*x, T*x^2, T*x^3] from T = X31.")
+	p("\tVSHUFI32X4 $0, Z31, Z31, Z8")
+	p("\tVPSRLVQ xtsCntR<>(SB), Z8, Z0")
+	p("\tVPSLLVQ xtsCntL<>(SB), Z8, Z8")
+	p("\tVPSLLDQ $8, Z0, Z1")
+	p("\tVPSRLDQ $8, Z0, Z0")
+	p("\tVPCLMULQDQ $0x00, xtsGF4<>(SB), Z0, Z0")
+	p("\tVPTERNLOGQ $0x96, Z0, Z1, Z8")
+	p("\tADDQ R9, R8")
+	tweak(name + "_tw")
 	p("\tMOVQ DX, R12")
 	p("")
 	p("%s_group:", name)
-	p("\t// Z9..Z15 = Z8 * x^4, x^8, ... lane by lane.")
-	for k := 9; k <= 15; k++ {
-		mulX4(fmt.Sprintf("Z%d", k-1), fmt.Sprintf("Z%d", k))
+	p("\t// Z9..Z15 = Z8 * x^4, x^8, ..., x^28, lane by lane.")
+	for k := 1; k <= 7; k++ {
+		mulXn("Z8", fmt.Sprintf("Z%d", 8+k), 4*k)
 	}
 	for i := 0; i < 8; i++ {
 		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
@@ -274,11 +266,10 @@ func genVAES(name, op, opLast, keyName string) {
 	}
 	p("\tADDQ $512, SI")
 	p("\tADDQ $512, DI")
-	mulX4("Z15", "Z8")
+	mulXn("Z8", "Z8", 32)
 	p("\tDECQ R12")
 	p("\tJNZ %s_group", name)
 	p("")
-	p("\tADDQ R9, R8")
 	p("\tDECQ CX")
 	p("\tJNZ %s_sector", name)
 	p("")
@@ -292,13 +283,37 @@ func genVAES(name, op, opLast, keyName string) {
 	p("")
 }
 
-// mulX4 writes dst = src * x^4 in each 128-bit lane (GF(2^128), XTS bit
-// order), with Z0 and Z1 as scratch.
-func mulX4(src, dst string) {
-	p("\tVPSRLQ $60, %s, Z0", src)     // top nibble of each quadword
-	p("\tVPSLLQ $4, %s, %s", src, dst) // each quadword shifted
-	p("\tVPSLLDQ $8, Z0, Z1")          // low quadword's nibble carries into the high one
-	p("\tVPSRLDQ $8, Z0, Z0")          // the nibble shifted out of bit 127
-	p("\tVPCLMULQDQ $0x00, Z31, Z0, Z0")
+// tweak writes X31 = AES-encrypt(tweak key, IV) where the IV is the
+// sector number R8 masked with R10, little-endian.
+func tweak(label string) {
+	p("\tMOVQ R8, R12")
+	p("\tANDQ R10, R12")
+	p("\tVMOVQ R12, X31")
+	p("\tVPXORQ (BX), X31, X31")
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_last", label)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_last", label)
+		}
+		p("\tVAESENC %d(BX), X31, X31", 16*r)
+	}
+	p("%s_last:", label)
+	p("\tVAESENCLAST (BX)(R13*1), X31, X31")
+}
+
+// mulXn writes dst = src * x^n (0 < n <= 32) in each 128-bit lane
+// (GF(2^128), XTS bit order), with Z0 and Z1 as scratch. The n bits shifted
+// out of bit 127 times 0x87 have fewer than 64 bits, so one VPCLMULQDQ
+// reduces them.
+func mulXn(src, dst string, n int) {
+	p("\tVPSRLQ $%d, %s, Z0", 64-n, src) // top n bits of each quadword
+	p("\tVPSLLQ $%d, %s, %s", n, src, dst)
+	p("\tVPSLLDQ $8, Z0, Z1") // the low quadword's bits carry into the high one
+	p("\tVPSRLDQ $8, Z0, Z0") // the bits shifted out of bit 127
+	p("\tVPCLMULQDQ $0x00, xtsGF4<>(SB), Z0, Z0")
 	p("\tVPTERNLOGQ $0x96, Z0, Z1, %s", dst)
 }
