@@ -2,6 +2,8 @@ package luksio
 
 import (
 	"bytes"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -16,17 +18,29 @@ import (
 func TestLUKS2EditedMetadata(t *testing.T) {
 	base, basePlain, key, off := makeCryptsetupImage(t, t.TempDir(), csMatrix[1], 700) // argon2i, 4096-byte sectors
 	c := csMatrix[1]
-	baseImg := readFile(t, base)
-	edited := func(t *testing.T, stmt string) string {
+	edits := map[string]string{
+		"tweak":       `j["segments"]["0"]["iv_tweak"] = "4294979641"`,
+		"fixed":       `j["segments"]["0"]["size"] = "524288"`,
+		"fixed-large": `j["segments"]["0"]["size"] = "2097152"`,
+		"ignore":      `j["keyslots"]["0"]["priority"] = 0`,
+	}
+	for _, tc := range luks2Refusals {
+		edits[tc.name] = tc.stmt
+	}
+	dir := t.TempDir()
+	paths := map[string]string{}
+	for name, stmt := range edits {
+		paths[filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))] = stmt
+	}
+	testimg.EditLUKS2JSON(t, base, paths)
+	edited := func(t *testing.T, name string) string {
 		t.Parallel()
-		p := testimg.WriteFile(t, t.TempDir(), "edited.img", baseImg)
-		testimg.EditLUKS2JSON(t, p, stmt)
-		return p
+		return filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
 	}
 
 	t.Run("iv_tweak shifts every IV", func(t *testing.T) {
 		const tweak = 1<<32 + 12345
-		p := edited(t, `j["segments"]["0"]["iv_tweak"] = "4294979641"`)
+		p := edited(t, "tweak")
 		plain := testimg.RandomBytes(csImageBytes-int(off), 701)
 		testimg.FillPayload(t, p, off, key, c.cipher, c.sector, tweak, plain)
 		f := openFile(t, p)
@@ -41,7 +55,7 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 	})
 
 	t.Run("fixed segment size limits the volume", func(t *testing.T) {
-		p := edited(t, `j["segments"]["0"]["size"] = "524288"`)
+		p := edited(t, "fixed")
 		f := openFile(t, p)
 		v, err := Open(f, []byte(csPass1), UnlockOptions{Slot: AnySlot})
 		if err != nil {
@@ -54,13 +68,13 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 	})
 
 	t.Run("fixed segment size past the image end is truncation", func(t *testing.T) {
-		p := edited(t, `j["segments"]["0"]["size"] = "2097152"`)
+		p := edited(t, "fixed-large")
 		_, err := Open(openFile(t, p), []byte(csPass1), UnlockOptions{Slot: AnySlot})
 		wantErr(t, err, blockdev.ErrTruncated)
 	})
 
 	t.Run("priority ignore is skipped unless asked for", func(t *testing.T) {
-		p := edited(t, `j["keyslots"]["0"]["priority"] = 0`)
+		p := edited(t, "ignore")
 		f := openFile(t, p)
 		h, err := ReadHeader(f, f.Size())
 		if err != nil {
@@ -74,34 +88,36 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 		}
 	})
 
-	refused := []struct {
-		name, stmt string
-		want       error
-	}{
-		{"integrity", `j["segments"]["0"]["integrity"] = {"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"}`, blockdev.ErrUnsupported},
-		{"segment type linear", `j["segments"]["0"]["type"] = "linear"`, blockdev.ErrUnsupported},
-		{"two segments", `j["segments"]["1"] = dict(j["segments"]["0"])`, blockdev.ErrUnsupported},
-		{"mandatory requirement", `j["config"]["requirements"] = {"mandatory": ["online-reencrypt-v2"]}`, blockdev.ErrUnsupported},
-		{"unknown keyslot type", `j["keyslots"]["0"]["type"] = "luks3"`, blockdev.ErrUnsupported},
-		{"unknown KDF", `j["keyslots"]["0"]["kdf"]["type"] = "scrypt"`, blockdev.ErrUnsupported},
-		{"unknown digest type", `j["digests"]["0"]["type"] = "hmac"`, blockdev.ErrUnsupported},
-		{"unknown segment cipher", `j["segments"]["0"]["encryption"] = "serpent-xts-plain64"`, ErrUnsupportedCipher},
-		{"sector size 8192", `j["segments"]["0"]["sector_size"] = 8192`, blockdev.ErrCorrupt},
-		{"stripes 4001", `j["keyslots"]["0"]["af"]["stripes"] = 4001`, blockdev.ErrCorrupt},
-		{"keyslot area in the header", `j["keyslots"]["0"]["area"]["offset"] = "4096"`, blockdev.ErrCorrupt},
-		{"keyslot area past the image", `j["keyslots"]["0"]["area"]["offset"] = "1000000000"`, blockdev.ErrCorrupt},
-		{"segment offset 0 (detached header)", `j["segments"]["0"]["offset"] = "0"`, blockdev.ErrCorrupt},
-		{"offset as a JSON number", `j["segments"]["0"]["offset"] = 2097152`, blockdev.ErrCorrupt},
-		{"digest names a missing keyslot", `j["digests"]["0"]["keyslots"].append("7")`, blockdev.ErrCorrupt},
-		{"no digest for the segment", `j["digests"]["0"]["segments"] = []`, blockdev.ErrCorrupt},
-		{"deep nesting", `j["tokens"]["0"] = eval("[" * 20 + "1" + "]" * 20)`, blockdev.ErrCorrupt},
-	}
-	for _, tc := range refused {
+	for _, tc := range luks2Refusals {
 		t.Run("refuses "+tc.name, func(t *testing.T) {
-			p := edited(t, tc.stmt)
+			p := edited(t, tc.name)
 			f := openFile(t, p)
 			_, err := ReadHeader(f, f.Size())
 			wantErr(t, err, tc.want)
 		})
 	}
+}
+
+// luks2Refusals are metadata edits that ReadHeader must refuse.
+var luks2Refusals = []struct {
+	name, stmt string
+	want       error
+}{
+	{"integrity", `j["segments"]["0"]["integrity"] = {"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"}`, blockdev.ErrUnsupported},
+	{"segment type linear", `j["segments"]["0"]["type"] = "linear"`, blockdev.ErrUnsupported},
+	{"two segments", `j["segments"]["1"] = dict(j["segments"]["0"])`, blockdev.ErrUnsupported},
+	{"mandatory requirement", `j["config"]["requirements"] = {"mandatory": ["online-reencrypt-v2"]}`, blockdev.ErrUnsupported},
+	{"unknown keyslot type", `j["keyslots"]["0"]["type"] = "luks3"`, blockdev.ErrUnsupported},
+	{"unknown KDF", `j["keyslots"]["0"]["kdf"]["type"] = "scrypt"`, blockdev.ErrUnsupported},
+	{"unknown digest type", `j["digests"]["0"]["type"] = "hmac"`, blockdev.ErrUnsupported},
+	{"unknown segment cipher", `j["segments"]["0"]["encryption"] = "serpent-xts-plain64"`, ErrUnsupportedCipher},
+	{"sector size 8192", `j["segments"]["0"]["sector_size"] = 8192`, blockdev.ErrCorrupt},
+	{"stripes 4001", `j["keyslots"]["0"]["af"]["stripes"] = 4001`, blockdev.ErrCorrupt},
+	{"keyslot area in the header", `j["keyslots"]["0"]["area"]["offset"] = "4096"`, blockdev.ErrCorrupt},
+	{"keyslot area past the image", `j["keyslots"]["0"]["area"]["offset"] = "1000000000"`, blockdev.ErrCorrupt},
+	{"segment offset 0 (detached header)", `j["segments"]["0"]["offset"] = "0"`, blockdev.ErrCorrupt},
+	{"offset as a JSON number", `j["segments"]["0"]["offset"] = 2097152`, blockdev.ErrCorrupt},
+	{"digest names a missing keyslot", `j["digests"]["0"]["keyslots"].append("7")`, blockdev.ErrCorrupt},
+	{"no digest for the segment", `j["digests"]["0"]["segments"] = []`, blockdev.ErrCorrupt},
+	{"deep nesting", `j["tokens"]["0"] = eval("[" * 20 + "1" + "]" * 20)`, blockdev.ErrCorrupt},
 }

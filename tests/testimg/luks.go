@@ -209,33 +209,40 @@ func FillPayload(t testing.TB, path string, payloadOffset int64, key []byte, spe
 	}
 }
 
-// editLUKS2Py rewrites the JSON metadata of both LUKS2 header copies with a
-// python statement operating on the dict j, then recomputes each copy's
-// checksum with hashlib (independently of the code under test).
+// editLUKS2Py writes edited copies of a LUKS2 image: for each (statement,
+// output path) pair it applies the python statement to the JSON metadata
+// dict j of both header copies and recomputes each copy's checksum with
+// hashlib (independently of the code under test).
 const editLUKS2Py = `
 import sys, json, hashlib, struct
-path, code = sys.argv[1], sys.argv[2]
-b = bytearray(open(path, "rb").read())
-hdr = struct.unpack(">Q", b[8:16])[0]
-for off in (0, hdr):
-    area = bytes(b[off+4096:off+hdr])
-    j = json.loads(area.split(b"\0", 1)[0])
-    exec(code, {"j": j})
-    t = json.dumps(j).encode()
-    assert len(t) < hdr - 4096
-    b[off+4096:off+hdr] = t + bytes(hdr - 4096 - len(t))
-    alg = bytes(b[off+72:off+104]).split(b"\0")[0].decode()
-    b[off+448:off+512] = bytes(64)
-    d = hashlib.new(alg, bytes(b[off:off+hdr])).digest()
-    b[off+448:off+448+len(d)] = d
-open(path, "wb").write(b)
+src = open(sys.argv[1], "rb").read()
+hdr = struct.unpack(">Q", src[8:16])[0]
+for code, out in zip(sys.argv[2::2], sys.argv[3::2]):
+    b = bytearray(src)
+    for off in (0, hdr):
+        area = bytes(b[off+4096:off+hdr])
+        j = json.loads(area.split(b"\0", 1)[0])
+        exec(code, {"j": j})
+        t = json.dumps(j).encode()
+        assert len(t) < hdr - 4096
+        b[off+4096:off+hdr] = t + bytes(hdr - 4096 - len(t))
+        alg = bytes(b[off+72:off+104]).split(b"\0")[0].decode()
+        b[off+448:off+512] = bytes(64)
+        d = hashlib.new(alg, bytes(b[off:off+hdr])).digest()
+        b[off+448:off+448+len(d)] = d
+    open(out, "wb").write(b)
 `
 
-// EditLUKS2JSON applies a python statement to the JSON metadata dict j of
-// both header copies of the LUKS2 image at path and fixes their checksums,
-// e.g. `j["segments"]["0"]["iv_tweak"] = "7"`.
-func EditLUKS2JSON(t testing.TB, path, statement string) {
+// EditLUKS2JSON writes edited copies of the LUKS2 image src: edits maps
+// each output path to a python statement applied to the JSON metadata dict
+// j of both header copies, e.g. `j["segments"]["0"]["iv_tweak"] = "7"`.
+// Both copies get valid checksums. One python process makes all copies.
+func EditLUKS2JSON(t testing.TB, src string, edits map[string]string) {
 	t.Helper()
 	Need(t, Python)
-	Run(t, Python, "-c", editLUKS2Py, path, statement)
+	args := []string{"-c", editLUKS2Py, src}
+	for out, stmt := range edits {
+		args = append(args, stmt, out)
+	}
+	Run(t, Python, args...)
 }
