@@ -123,10 +123,13 @@ type HTTP struct {
 	name   string
 	opts   HTTPOptions
 	client *http.Client
-	size   int64
-	ctx    context.Context
-	cancel context.CancelFunc
-	c      counters
+	// ownClient: the client was made by OpenHTTP, so Close closes its
+	// idle connections (their goroutines and sockets would leak otherwise).
+	ownClient bool
+	size      int64
+	ctx       context.Context
+	cancel    context.CancelFunc
+	c         counters
 
 	mu  sync.Mutex
 	seq *sequential // non-nil in sequential mode
@@ -175,7 +178,7 @@ func OpenHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (*HTTP, erro
 		h.name = RedactURL(rawURL)
 	}
 	if h.client == nil {
-		h.client = NewHTTPClient()
+		h.client, h.ownClient = NewHTTPClient(), true
 	}
 	if h.opts.TokenHeader == "" {
 		h.opts.TokenHeader = "X-Auth-Token"
@@ -252,6 +255,9 @@ func (h *HTTP) Close() error {
 	h.mu.Unlock()
 	if s != nil {
 		s.close()
+	}
+	if h.ownClient {
+		h.client.CloseIdleConnections()
 	}
 	return nil
 }
