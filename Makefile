@@ -5,7 +5,7 @@ GOFLAGS_T ?= -count=1 -timeout 40m
 FUZZTIME  ?= 10s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@latest
 
-.PHONY: all build deps test test-unit bench fuzz fuzz-long lint demo clean
+.PHONY: all build deps test test-unit bench fuzz fuzz-long reliability lint demo clean
 
 all: build
 
@@ -26,15 +26,22 @@ test-unit: build
 bench: deps build
 	tests/bench.sh
 
-# Short, bounded fuzzing of every fuzz target (FUZZTIME each).
+# Short, bounded fuzzing of every fuzz target (FUZZTIME each), one target
+# at a time; prints executions per target. Crashers land in
+# <pkg>/testdata/fuzz/<target>/ and fail the run.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; done
+	FUZZTIME=$(FUZZTIME) GO=$(GO) tests/hostile/fuzz.sh
 
 fuzz-long:
 	$(MAKE) fuzz FUZZTIME=10m
+
+# The figures of RELIABILITY.md: the hostile-image suite (cat, info and the
+# Go API on every malicious image, bounded time and memory), the 1 TiB
+# sparse qcow2+LUKS read, key hygiene and leak checks, then short fuzzing.
+reliability: build
+	@$(GO) test -count=1 -v -run 'Hostile|KDFLimit|ZipBomb|Sparse1TiB|Dumpable|KeyMaterial|Leak' ./tests/ >bin/reliability.log 2>&1; \
+	  s=$$?; grep -E 'FIGURE|^(---|ok|FAIL|PASS)' bin/reliability.log; echo "log: bin/reliability.log"; exit $$s
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
