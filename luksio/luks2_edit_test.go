@@ -32,7 +32,7 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 	for name, stmt := range edits {
 		paths[filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))] = stmt
 	}
-	testimg.EditLUKS2JSON(t, base, paths)
+	testimg.EditLUKS2JSONCopies(t, base, paths)
 	edited := func(t *testing.T, name string) string {
 		t.Parallel()
 		return filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))

@@ -233,11 +233,18 @@ for code, out in zip(sys.argv[2::2], sys.argv[3::2]):
     open(out, "wb").write(b)
 `
 
-// EditLUKS2JSON writes edited copies of the LUKS2 image src: edits maps
-// each output path to a python statement applied to the JSON metadata dict
-// j of both header copies, e.g. `j["segments"]["0"]["iv_tweak"] = "7"`.
-// Both copies get valid checksums. One python process makes all copies.
-func EditLUKS2JSON(t testing.TB, src string, edits map[string]string) {
+// EditLUKS2JSON applies a python statement to the JSON metadata dict j of
+// both header copies of the LUKS2 image at path, in place, and fixes their
+// checksums, e.g. `j["segments"]["0"]["iv_tweak"] = "7"`.
+func EditLUKS2JSON(t testing.TB, path, statement string) {
+	t.Helper()
+	EditLUKS2JSONCopies(t, path, map[string]string{path: statement})
+}
+
+// EditLUKS2JSONCopies writes edited copies of the LUKS2 image src: edits
+// maps each output path to a python statement as for EditLUKS2JSON. One
+// python process makes all copies.
+func EditLUKS2JSONCopies(t testing.TB, src string, edits map[string]string) {
 	t.Helper()
 	Need(t, Python)
 	args := []string{"-c", editLUKS2Py, src}
