@@ -31,6 +31,7 @@ type Image struct {
 	extL2       bool
 	l1          []uint64
 	l2cache     *lru[l2Table]
+	l2flight    flight[l2Table]
 	zcache      *lru[decompressed]
 
 	// Compressed cluster descriptor geometry.

@@ -8,17 +8,24 @@ import (
 	"testing"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/tests/testimg"
 )
 
-// countingDevice counts the bytes and requests read from the device below.
+// countingDevice counts the bytes and requests read from the device below,
+// and the requests at offset at.
 type countingDevice struct {
 	blockdev.Device
 	bytes, reads atomic.Int64
+	at           int64
+	readsAt      atomic.Int64
 }
 
 func (c *countingDevice) ReadAt(p []byte, off int64) (int, error) {
 	c.bytes.Add(int64(len(p)))
 	c.reads.Add(1)
+	if off == c.at {
+		c.readsAt.Add(1)
+	}
 	return c.Device.ReadAt(p, off)
 }
 
@@ -91,5 +98,44 @@ func TestConcurrentReads(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// TestConcurrentL2MissesShareOneRead proves that goroutines missing the same
+// L2 table at once fetch it from the device below only once.
+func TestConcurrentL2MissesShareOneRead(t *testing.T) {
+	t.Parallel()
+	path, plain := testimg.MakeQcow2(t, t.TempDir(), "img.qcow2", testimg.QcowImage{Size: 4 << 20,
+		Passes: [][]W{{{Off: 0, Len: 4 << 20, Seed: 130}}}})
+	dev := &countingDevice{Device: openFile(t, path)}
+	dev.at = int64(fileU64(t, path, int64(fileU64(t, path, 40))) & 0x00fffffffffffe00) // L1[0]
+	img, err := Open(dev, Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.l2cache = newLRU[l2Table](l2CacheBytes, img.clusterSize, 4) // forget what Open's walk cached
+	dev.readsAt.Store(0)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			off := int64(g) << 18
+			if _, err := img.ReadAt(buf, off); err != nil {
+				errs <- err
+			} else if string(buf) != string(plain[off:off+4096]) {
+				errs <- fmt.Errorf("goroutine %d read wrong data", g)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := dev.readsAt.Load(); n != 1 {
+		t.Fatalf("L2 table at %#x read %d times, want 1", dev.at, n)
 	}
 }

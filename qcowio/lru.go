@@ -56,3 +56,39 @@ func (c *lru[V]) put(key int64, val V) {
 		delete(c.items, last.Value.(*lruEntry[V]).key)
 	}
 }
+
+// flight merges concurrent loads of the same key into one call.
+type flight[V any] struct {
+	mu    sync.Mutex
+	calls map[int64]*flightCall[V]
+}
+
+type flightCall[V any] struct {
+	done chan struct{}
+	val  V
+	err  error
+}
+
+// do runs load for key unless a load of key is already running, in which
+// case it waits for that one and returns its result.
+func (f *flight[V]) do(key int64, load func() (V, error)) (V, error) {
+	f.mu.Lock()
+	if c, ok := f.calls[key]; ok {
+		f.mu.Unlock()
+		<-c.done
+		return c.val, c.err
+	}
+	if f.calls == nil {
+		f.calls = make(map[int64]*flightCall[V])
+	}
+	c := &flightCall[V]{done: make(chan struct{})}
+	f.calls[key] = c
+	f.mu.Unlock()
+
+	c.val, c.err = load()
+	f.mu.Lock()
+	delete(f.calls, key)
+	f.mu.Unlock()
+	close(c.done)
+	return c.val, c.err
+}

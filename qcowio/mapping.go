@@ -52,10 +52,25 @@ type extent struct {
 type l2Table []uint64
 
 // loadL2 returns the L2 table at host offset off, from the cache if present.
+// Concurrent misses on the same table share one read of the device below.
 func (img *Image) loadL2(off int64) (l2Table, error) {
 	if t, ok := img.l2cache.get(off); ok {
 		return t, nil
 	}
+	return img.l2flight.do(off, func() (l2Table, error) {
+		if t, ok := img.l2cache.get(off); ok {
+			return t, nil
+		}
+		t, err := img.readL2(off)
+		if err == nil {
+			img.l2cache.put(off, t)
+		}
+		return t, err
+	})
+}
+
+// readL2 reads and decodes the L2 table at host offset off.
+func (img *Image) readL2(off int64) (l2Table, error) {
 	if off%img.clusterSize != 0 {
 		return nil, fmt.Errorf("qcow2: L2 table offset %#x not cluster aligned: %w", off, blockdev.ErrCorrupt)
 	}
@@ -70,7 +85,6 @@ func (img *Image) loadL2(off int64) (l2Table, error) {
 	for i := range t {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}
-	img.l2cache.put(off, t)
 	return t, nil
 }
 
