@@ -432,10 +432,14 @@ func TestMountKilledLeavesStaleMountThatUmountClears(t *testing.T) {
 }
 
 func TestMountForegroundUnmountsOnSignal(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	for _, c := range []struct {
+		sig  syscall.Signal
+		kind string
+	}{{syscall.SIGINT, "qcow2-luks"}, {syscall.SIGTERM, "raw"}, {syscall.SIGHUP, "qcow2"}} {
+		sig := c.sig
 		t.Run(sig.String(), func(t *testing.T) {
 			testimg.Need(t, "fusermount3")
-			img := makeMountImage(t, "qcow2-luks", testimg.RandomBytes(2<<20, 27))
+			img := makeMountImage(t, c.kind, testimg.RandomBytes(2<<20, 27))
 			dir := t.TempDir()
 			cmd := exec.Command(imgfsBin, append(append([]string{"mount"}, img.keyArgs...), img.path, dir)...)
 			stderr, err := cmd.StderrPipe()
@@ -515,6 +519,7 @@ func TestMountRefusals(t *testing.T) {
 		{"mountpoint is a file", append(append([]string{"mount", "-d"}, img.keyArgs...), img.path, notDir), "not a directory"},
 		{"missing source", append(append([]string{"mount", "-d"}, img.keyArgs...), filepath.Join(dir, "nope"), mnt), "no such file"},
 		{"one argument", []string{"mount", img.path}, "SOURCE MOUNTPOINT"},
+		{"--debug with --daemon", append(append([]string{"mount", "-d", "--debug"}, img.keyArgs...), img.path, mnt), "--debug"},
 		{"umount of a plain directory", []string{"umount", mnt}, "not mounted"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -31,10 +31,11 @@ func mountCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "mount",
 		Usage: "mount the image read-only with FUSE: MOUNTPOINT/disk (plaintext), MOUNTPOINT/encrypted, MOUNTPOINT/image.json",
-		Description: "Files are mode 0400, owned by you, and only you see the mount. --allow-other shows it to\n" +
-			"every user (files 0444); a non-root user needs `user_allow_other` in /etc/fuse.conf for it.\n" +
-			"Runs in the foreground until Ctrl-C, SIGTERM or `imgfs umount`; --daemon returns once the mount\n" +
-			"is ready and leaves it serving in the background (its later errors are not shown).",
+		Description: "Files are mode 0400, owned by you, and only you see the mount. --allow-other shows it\n" +
+			"to every user (files 0444); a non-root user needs `user_allow_other` in /etc/fuse.conf.\n" +
+			"Runs in the foreground until Ctrl-C, SIGTERM, SIGHUP or `imgfs umount`. --daemon returns\n" +
+			"once the mount is ready and leaves it serving in the background (its later errors are\n" +
+			"not shown). A mount left by a killed imgfs is cleared by `imgfs umount`.",
 		ArgsUsage: "SOURCE MOUNTPOINT",
 		Flags: append(append(append(keyFlags(), formatFlags()...), sourceFlags()...),
 			&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount (allow_other)"},
@@ -77,6 +78,9 @@ func mountAction(c *cli.Context) error {
 		readyFD = fd
 		os.Unsetenv(daemonReadyEnv)
 	} else if c.Bool("daemon") {
+		if c.Bool("debug") {
+			return usageError("mount: --debug logs to stderr, which --daemon closes: use one or the other")
+		}
 		return startDaemon(spec, dir)
 	}
 
@@ -104,7 +108,7 @@ func mountAction(c *cli.Context) error {
 	}
 
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	srv, err := fusefs.Mount(dir, opts)
 	if err != nil {
