@@ -9,14 +9,13 @@ import (
 // Volume is the plaintext payload of a raw LUKS device. It implements
 // blockdev.Device.
 type Volume struct {
-	dev    blockdev.Device
-	h      *Header
-	c      *SectorCipher
-	off    int64 // payload offset in dev
-	size   int64
-	ss     int64
-	tweak  uint64
-	closed bool
+	dev   blockdev.Device
+	h     *Header
+	c     *SectorCipher
+	off   int64 // payload offset in dev
+	size  int64
+	ss    int64
+	tweak uint64
 }
 
 var _ blockdev.Device = (*Volume)(nil)
@@ -67,9 +66,9 @@ func (v *Volume) Header() *Header { return v.h }
 func (v *Volume) Size() int64 { return v.size }
 
 // Close drops the key schedule; it does not close the underlying device.
+// Reads after Close fail.
 func (v *Volume) Close() error {
 	v.c.Close()
-	v.closed = true
 	return nil
 }
 
@@ -77,9 +76,6 @@ func (v *Volume) Close() error {
 // the covering sectors. A payload shorter than the header says fails with
 // blockdev.ErrTruncated.
 func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
-	if v.closed {
-		return 0, errCipherClosed
-	}
 	n, eof := blockdev.Clip(p, off, v.size)
 	if n == 0 {
 		return 0, eof

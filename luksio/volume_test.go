@@ -15,7 +15,6 @@ func TestVolumeConcurrentReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
@@ -31,4 +30,8 @@ func TestVolumeConcurrentReads(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	v.Close()
+	if n, err := v.ReadAt(make([]byte, 4096), 0); err == nil || n != 0 {
+		t.Fatalf("read after Close = %d, %v; want an error", n, err)
+	}
 }
