@@ -15,6 +15,9 @@ import (
 // decompressedCacheBytes bounds the memory of cached decompressed clusters.
 const decompressedCacheBytes = 8 << 20
 
+// walkParallelism is how many L2 tables Open fetches at once.
+const walkParallelism = 8
+
 // Image is an opened, policy-checked qcow2 image. It is a blockdev.Device
 // and a blockdev.Mapper over the virtual disk; its methods are safe for
 // concurrent use.
@@ -191,43 +194,65 @@ func (img *Image) walk(v *verdict) error {
 	}
 	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
 	var allocated int64
-	for _, ref := range tables {
-		l1i, l2off := ref.l1i, ref.off
-		t, err := img.loadL2(l2off)
-		if err != nil {
-			return err
+	// L2 tables are fetched walkParallelism at a time: over HTTP each is a
+	// request, and Open should not pay their latencies one after another.
+	loaded := make([]l2Table, walkParallelism)
+	errs := make([]error, walkParallelism)
+	for start := 0; start < len(tables); start += walkParallelism {
+		batch := tables[start:min(start+walkParallelism, len(tables))]
+		var wg sync.WaitGroup
+		for i, ref := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				loaded[i], errs[i] = img.loadL2(ref.off)
+			}()
 		}
-		first := l1i * img.l2Entries
-		n := min(img.l2Entries, clusters-first)
-		for l2i := range n {
-			var desc, bitmap uint64
-			if img.extL2 {
-				desc, bitmap = t[2*l2i], t[2*l2i+1]
-			} else {
-				desc = t[l2i]
+		wg.Wait()
+		for i, ref := range batch {
+			if errs[i] != nil {
+				return errs[i]
 			}
-			if desc == 0 && bitmap == 0 {
-				continue
-			}
-			guest := int64(first+l2i) << img.clusterBits
-			used := min(img.clusterSize, img.size-guest)
-			b, err := img.checkDescriptor(desc, bitmap, used)
-			if err == nil && b > 0 {
-				err = img.checkDataOverlap(desc, meta, seen)
-			}
-			if err != nil {
-				kind := blockdev.ErrCorrupt
-				if errors.Is(err, blockdev.ErrTruncated) {
-					kind = blockdev.ErrTruncated
-				}
-				v.add(kind, "cluster %d (L2 table %#x entry %d): %v", first+l2i, l2off, l2i, err)
-				continue
-			}
-			allocated += b
+			allocated += img.checkL2(v, ref.l1i, ref.off, loaded[i], clusters, meta, seen)
 		}
 	}
 	img.info.AllocatedBytes = allocated
 	return nil
+}
+
+// checkL2 checks the entries of the L2 table t (at l2off, for L1 entry l1i)
+// that map the disk and returns the allocated bytes they count.
+func (img *Image) checkL2(v *verdict, l1i uint64, l2off int64, t l2Table, clusters uint64, meta []hostRange, seen map[int64]bool) int64 {
+	var allocated int64
+	first := l1i * img.l2Entries
+	n := min(img.l2Entries, clusters-first)
+	for l2i := range n {
+		var desc, bitmap uint64
+		if img.extL2 {
+			desc, bitmap = t[2*l2i], t[2*l2i+1]
+		} else {
+			desc = t[l2i]
+		}
+		if desc == 0 && bitmap == 0 {
+			continue
+		}
+		guest := int64(first+l2i) << img.clusterBits
+		used := min(img.clusterSize, img.size-guest)
+		b, err := img.checkDescriptor(desc, bitmap, used)
+		if err == nil && b > 0 {
+			err = img.checkDataOverlap(desc, meta, seen)
+		}
+		if err != nil {
+			kind := blockdev.ErrCorrupt
+			if errors.Is(err, blockdev.ErrTruncated) {
+				kind = blockdev.ErrTruncated
+			}
+			v.add(kind, "cluster %d (L2 table %#x entry %d): %v", first+l2i, l2off, l2i, err)
+			continue
+		}
+		allocated += b
+	}
+	return allocated
 }
 
 // hostRange is a named range of metadata in the image file.

@@ -24,6 +24,16 @@ func qemuAllocatedClusters(t *testing.T, path string) int64 {
 	return n
 }
 
+// everyL2 writes n small pieces, one into each 2 MiB range (the reach of
+// one L2 table with 4k clusters).
+func everyL2(n int) []W {
+	var w []W
+	for i := range n {
+		w = append(w, W{Off: int64(i)<<21 + int64(i)*4096, Len: 4096 + int64(i), Seed: uint64(200 + i)})
+	}
+	return w
+}
+
 // TestInfoDescribesImage checks Info against what qemu-img made: version,
 // geometry, features by name, compression type and the allocated bytes that
 // `qemu-img check` counts.
@@ -40,6 +50,8 @@ func TestInfoDescribesImage(t *testing.T) {
 	}{
 		{"v3 defaults", testimg.QcowImage{Size: 4 << 20, Passes: scattered(65536)}, 3, 65536, "zlib", false, []string{}, []string{}},
 		{"v2 4k", testimg.QcowImage{Size: 4 << 20, Options: "compat=0.10,cluster_size=4096", Passes: scattered(4096)}, 2, 4096, "zlib", false, []string{}, []string{}},
+		{"4k clusters, 20 L2 tables walked in batches", testimg.QcowImage{Size: 40 << 20, Options: "cluster_size=4096", Passes: [][]W{everyL2(20)}},
+			3, 4096, "zlib", false, []string{}, []string{}},
 		{"zstd extended L2 lazy refcounts", testimg.QcowImage{Size: 4 << 20, Options: "compression_type=zstd,extended_l2=on,lazy_refcounts=on", Passes: scattered(65536)},
 			3, 65536, "zstd", true, []string{"compression type", "extended L2 entries"}, []string{"lazy refcounts"}},
 	}

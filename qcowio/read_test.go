@@ -35,6 +35,7 @@ func TestReadMatchesPlaintextAndQemu(t *testing.T) {
 		{"v3 virtual size not a multiple of the cluster size", testimg.QcowImage{Size: 3<<20 + 2560, Options: "cluster_size=65536", Passes: [][]W{
 			{{Off: 3<<20 - 1000, Len: 3560, Seed: 22}, {Off: 0, Len: 4096, Seed: 23}},
 		}}, false},
+		{"v3 4k clusters, 20 L2 tables", testimg.QcowImage{Size: 40 << 20, Options: "cluster_size=4096", Passes: [][]W{everyL2(20)}}, false},
 		{"v3 zero clusters over data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=4096", Passes: [][]W{
 			{{Off: 0, Len: 1 << 20, Seed: 8}},
 			{{Off: 64 << 10, Len: 64 << 10, Zero: true}, {Off: 512 << 10, Len: 4096, Zero: true}},
