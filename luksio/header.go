@@ -83,7 +83,11 @@ type digest struct {
 
 // ReadHeader parses a LUKS header at offset 0 of r; size is r's total size
 // and bounds every offset found in the header. A LUKS2 header whose primary
-// copy is damaged is read from its secondary copy.
+// copy is damaged is read from its secondary copy (Header.UsedSecondary).
+// When the data does not start with a LUKS magic at all, ReadHeader still
+// looks for a LUKS2 secondary header at each offset the specification
+// allows (4 KiB reads at 16 KiB .. 4 MiB) before it returns ErrNotLUKS, as
+// cryptsetup does for a wiped primary header.
 func ReadHeader(r io.ReaderAt, size int64) (*Header, error) {
 	if size < luks1PhdrSize {
 		return nil, fmt.Errorf("luks: image of %d bytes is too small for a header: %w", size, ErrNotLUKS)
