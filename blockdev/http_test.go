@@ -100,34 +100,41 @@ func TestHTTPRandomReadsEqual(t *testing.T) {
 	}
 }
 
-// Eight readers of one cold block cause one request.
+// Eight readers of one cold block cause one request: for a whole block, or
+// for the 64 KiB piece that small isolated reads fetch.
 func TestCacheSingleFlight(t *testing.T) {
 	data := testData(4<<20, 2)
-	srv, reqs := fileServer(t, data)
-	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	c, _ := NewCache(h, CacheOptions{ReadAhead: -1})
-	defer c.Close()
-	var wg sync.WaitGroup
-	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 4096)
-			if _, err := c.ReadAt(buf, 1<<20+int64(g)*4096); err != nil || !bytes.Equal(buf, data[1<<20+g*4096:][:4096]) {
-				t.Errorf("reader %d: %v or bytes differ", g, err)
-			}
-		}()
-	}
-	wg.Wait()
-	if n := reqs.Load(); n != 1 {
-		t.Fatalf("%d requests for one block, want 1", n)
-	}
-	if s := c.Stats(); s.BytesFetched != 1<<20 || s.Requests != 1 {
-		t.Fatalf("stats %+v", s)
+	for _, small := range []int64{-1, 0} {
+		srv, reqs := fileServer(t, data)
+		h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := NewCache(h, CacheOptions{ReadAhead: -1, SmallReadSize: small})
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 4096)
+				if _, err := c.ReadAt(buf, 1<<20+int64(g)*4096); err != nil || !bytes.Equal(buf, data[1<<20+g*4096:][:4096]) {
+					t.Errorf("reader %d: %v or bytes differ", g, err)
+				}
+			}()
+		}
+		wg.Wait()
+		want := int64(1 << 20)
+		if small == 0 {
+			want = DefaultSmallRead
+		}
+		if n := reqs.Load(); n != 1 {
+			t.Fatalf("small=%d: %d requests for one block, want 1", small, n)
+		}
+		if s := c.Stats(); s.BytesFetched != want || s.Requests != 1 {
+			t.Fatalf("small=%d: stats %+v, want %d bytes", small, s, want)
+		}
+		c.Close()
+		h.Close()
 	}
 }
 
