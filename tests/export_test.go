@@ -304,3 +304,23 @@ func TestExportLargeSparseDisk(t *testing.T) {
 		t.Fatalf("qemu-img reads the export differently at byte %d", diffAt(got, want))
 	}
 }
+
+// On a terminal (a pty made by script(1)) export shows a progress line by
+// default, and it refuses to write the image itself to the terminal.
+func TestExportProgressOnTerminal(t *testing.T) {
+	testimg.Need(t, "script")
+	dir := t.TempDir()
+	raw := testimg.RandomBytes(3<<20, 90)
+	img := testimg.ConvertQcow2(t, dir, "enc.qcow2", raw, "", testPass, false)
+	pf := passFile(t, dir, testPass)
+	out := filepath.Join(dir, "out.luks")
+	tty := string(testimg.Run(t, "script", "-qec", strings.Join([]string{imgfsBin, "export", "--to", "luks", "--passphrase-file", pf, "-o", out, img}, " "), "/dev/null"))
+	if !strings.Contains(tty, "\r\x1b[K") || !strings.Contains(tty, "100.0%") || !strings.Contains(tty, "MiB/s") {
+		t.Fatalf("no progress line on the terminal: %q", tty)
+	}
+	checkLUKSExport(t, out, testPass, raw)
+	r, err := testimg.RunErr("script", "-qec", strings.Join([]string{imgfsBin, "export", "--to", "luks", "--passphrase-file", pf, img}, " "), "/dev/null")
+	if !strings.Contains(string(r), "refusing to write an image to a terminal") || len(r) > 200 {
+		t.Fatalf("export to a terminal: %v, %q", err, r)
+	}
+}
