@@ -223,6 +223,7 @@ func benchmarkXTS(b *testing.B, ss int, encrypt bool) {
 				}
 				buf := testimg.RandomBytes(size, 2)
 				b.SetBytes(int64(size))
+				b.ReportAllocs()
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
 				b.ResetTimer()

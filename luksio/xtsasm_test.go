@@ -65,3 +65,28 @@ func TestXTSAsmSectorCipher(t *testing.T) {
 		slow.Close()
 	}
 }
+
+// TestXTSAsmNoAlloc proves that the assembly path allocates nothing per
+// call below the parallel threshold.
+func TestXTSAsmNoAlloc(t *testing.T) {
+	needFastXTS(t)
+	c, err := NewSectorCipher("aes-xts-plain64", testimg.RandomBytes(64, 3), 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := testimg.RandomBytes(64<<10, 4)
+	var sector uint64
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := c.DecryptSectors(buf, buf, sector); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.EncryptSectors(buf, buf, sector); err != nil {
+			t.Fatal(err)
+		}
+		sector += 128
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per call, want 0", allocs)
+	}
+}
