@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/luksio"
@@ -521,4 +525,223 @@ func TestLeakOpenReadClose(t *testing.T) {
 			t.Logf("FIGURE leak check %s: 10 cycles, fds %d -> %d, goroutines %d -> %d", c.name, fds, openFDs(t), gs, runtime.NumGoroutine())
 		})
 	}
+}
+
+// procOwner returns the owner uid of /proc/<pid>/status and the real uid
+// the process runs as (the Uid: line).
+func procOwner(t *testing.T, pid int) (owner, uid uint32) {
+	t.Helper()
+	p := fmt.Sprintf("/proc/%d/status", pid)
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
+			n, _ := strconv.ParseUint(f[1], 10, 32)
+			uid = uint32(n)
+		}
+	}
+	return st.Sys().(*syscall.Stat_t).Uid, uid
+}
+
+// TestCatWhileHoldingKeyIsNotDumpable runs `imgfs cat` of a LUKS1 image as
+// an unprivileged user (nobody) with its stdout a pipe nobody reads, so it
+// blocks mid-disk with the key unlocked. The kernel then owns its /proc
+// files by root instead of by nobody, which happens only for a
+// non-dumpable process (proc(5)), and /proc/<pid>/limits shows a core size
+// limit of 0. A control process (sleep) run the same way is owned by nobody.
+func TestCatWhileHoldingKeyIsNotDumpable(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the binary as another user")
+	}
+	testimg.Need(t, "cryptsetup", "sleep")
+	const nobody = 65534
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "imgfs")
+	testimg.CopyFile(t, imgfsBin, bin)
+	img := hostile.LUKS1Base(t, dir)
+	pf := passFile(t, dir, hostile.Pass)
+	for _, p := range []string{bin, img, pf} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asNobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+
+	control := exec.Command("sleep", "30")
+	control.SysProcAttr = asNobody
+	if err := control.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer control.Wait()
+	defer control.Process.Kill()
+	if owner, uid := procOwner(t, control.Process.Pid); owner != nobody || uid != nobody {
+		t.Fatalf("control: /proc/<pid>/status owned by %d, process uid %d; want both %d", owner, uid, nobody)
+	}
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd := exec.Command(bin, "cat", "--passphrase-file", pf, img)
+	cmd.SysProcAttr = asNobody
+	cmd.Stdout = pw
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	// Wait until cat has filled the pipe: it has unlocked the key and is
+	// blocked writing plaintext.
+	deadline := time.Now().Add(hostileDeadline)
+	for {
+		n, err := unix.IoctlGetInt(int(pr.Fd()), unix.TIOCINQ) // FIONREAD
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n >= 64<<10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cat wrote only %d bytes within %v: %s", n, hostileDeadline, stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid := cmd.Process.Pid
+	owner, uid := procOwner(t, pid)
+	if uid != nobody {
+		t.Fatalf("cat runs as uid %d, want %d", uid, nobody)
+	}
+	if owner != 0 {
+		t.Fatalf("/proc/%d/status of a cat holding the key is owned by %d: the process is dumpable", pid, owner)
+	}
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := false
+	for _, line := range strings.Split(string(limits), "\n") {
+		if strings.HasPrefix(line, "Max core file size") {
+			f := strings.Fields(line)
+			ok = len(f) >= 6 && f[4] == "0" && f[5] == "0"
+		}
+	}
+	if !ok {
+		t.Fatalf("core file size limit is not 0/0:\n%s", limits)
+	}
+	t.Logf("cat (pid %d, uid %d) holding the key: /proc files owned by root (non-dumpable), core limit 0/0", pid, uid)
+}
+
+// TestKeyMaterialNeverPrinted runs imgfs on LUKS1, LUKS2 and qcow2+LUKS
+// images with the right passphrase, a wrong one, a binary key file and a KDF
+// limit that refuses the slot, through cat, info, info --json, cat --stats
+// and a mount's image.json, and checks that neither the passphrase (or the
+// key file's hex), nor the volume key (raw or hex) appears in any output.
+func TestKeyMaterialNeverPrinted(t *testing.T) {
+	testimg.Need(t, "cryptsetup", "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	wrong := "wrong-passphrase-5d2e"
+	pf, wf := passFile(t, dir, hostile.Pass), passFile(t, t.TempDir(), wrong)
+	l1 := hostile.LUKS1Base(t, dir)
+	l2 := hostile.LUKS2Base(t, dir, "base.luks2", 4<<20)
+	q, _ := testimg.MakeQcow2(t, dir, "k.qcow2", testimg.QcowImage{Size: 4 << 20, Passphrase: hostile.Pass,
+		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 1 << 20, Seed: 61}}}})
+	// A LUKS1 image whose passphrase is the hex of a binary key file.
+	binKey := testimg.RandomBytes(32, 62)
+	kf := testimg.WriteFile(t, dir, "key.bin", binKey)
+	kimg := filepath.Join(dir, "keyfile.luks")
+	testimg.CryptsetupFormat(t, kimg, 4<<20, hex.EncodeToString(binKey), "--type", "luks1", "--pbkdf-force-iterations", "1000")
+
+	secrets := map[string][]byte{
+		"passphrase":        []byte(hostile.Pass),
+		"wrong passphrase":  []byte(wrong),
+		"key file hex":      []byte(hex.EncodeToString(binKey)),
+		"key file hex (UC)": []byte(strings.ToUpper(hex.EncodeToString(binKey))),
+	}
+	for name, p := range map[string]string{"LUKS1": l1, "LUKS2": l2, "key-file LUKS1": kimg} {
+		pass := hostile.Pass
+		if p == kimg {
+			pass = hex.EncodeToString(binKey)
+		}
+		vk, _ := testimg.CryptsetupVolumeKey(t, p, pass)
+		secrets[name+" volume key"] = vk
+		secrets[name+" volume key hex"] = []byte(hex.EncodeToString(vk))
+	}
+	check := func(what string, out []byte) {
+		t.Helper()
+		for name, s := range secrets {
+			if bytes.Contains(out, s) {
+				t.Errorf("%s contains the %s", what, name)
+			}
+		}
+	}
+	outFile := filepath.Join(dir, "out.raw")
+	runs := 0
+	for _, img := range []string{l1, l2, q} {
+		for _, args := range [][]string{
+			{"cat", "--passphrase-file", pf, img},
+			{"cat", "--stats", "--passphrase-file", pf, "-o", outFile, img},
+			{"cat", "--passphrase-file", wf, img},
+			{"cat", "--passphrase-file", pf, "--max-kdf-iterations", "1", "--max-kdf-time", "1", img},
+			{"cat", "--key-file", kf, img},
+			{"info", img},
+			{"info", "--json", img},
+		} {
+			r := runImgfs(t, nil, args...)
+			wantOK := args[1] != "--passphrase-file" || args[2] == pf && args[3] != "--max-kdf-iterations"
+			if args[0] == "cat" && args[1] == "--stats" {
+				wantOK = true
+			}
+			if args[1] == "--key-file" {
+				wantOK = false
+			}
+			if (r.code == 0) != wantOK {
+				t.Errorf("imgfs %v: exit %d: %s", args, r.code, r.stderr)
+			}
+			check(fmt.Sprintf("stdout of imgfs %v", args), r.stdout)
+			check(fmt.Sprintf("stderr of imgfs %v", args), r.stderr)
+			runs++
+		}
+	}
+	for _, args := range [][]string{
+		{"cat", "--key-file", kf, kimg},
+		{"cat", "--key-file", pf, kimg},
+	} {
+		r := runImgfs(t, nil, args...)
+		if (r.code == 0) != (args[2] == kf) {
+			t.Errorf("imgfs %v: exit %d: %s", args, r.code, r.stderr)
+		}
+		check(fmt.Sprintf("stdout of imgfs %v", args), r.stdout)
+		check(fmt.Sprintf("stderr of imgfs %v", args), r.stderr)
+		runs++
+	}
+	if _, err := exec.LookPath("fusermount3"); err == nil {
+		for _, img := range []string{l1, q} {
+			mnt, pid := mountDaemon(t, "--passphrase-file", pf, img)
+			js, err := os.ReadFile(filepath.Join(mnt, "image.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			check("image.json of "+filepath.Base(img), js)
+			unmountAndCheck(t, mnt, pid)
+			runs++
+		}
+	} else if testimg.InCI() {
+		t.Fatal("fusermount3 missing")
+	}
+	t.Logf("FIGURE key hygiene: %d runs (success, wrong passphrase, key file, KDF refusal, info, mount image.json): no passphrase or volume key in any output", runs)
 }
