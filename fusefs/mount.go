@@ -68,7 +68,7 @@ var (
 )
 
 // ErrFuseMissing means FUSE cannot be used on this machine.
-var ErrFuseMissing = errors.New("FUSE is not available (install it with `apt-get install fuse3`)")
+var ErrFuseMissing = errors.New("FUSE is not available")
 
 // Options say what to mount and how.
 type Options struct {
@@ -222,10 +222,11 @@ func (s *Server) ReadErrors() int64 { return s.errs.Errors() }
 // /dev/fuse or fusermount3 is absent.
 func CheckFuse() error {
 	if _, err := os.Stat(devFuse); err != nil {
-		return fmt.Errorf("%s: %v: %w", devFuse, err, ErrFuseMissing)
+		return fmt.Errorf("%w: %v (install fuse3 with `apt-get install fuse3` and load the module with `modprobe fuse`; in a container, pass --device /dev/fuse)",
+			ErrFuseMissing, err)
 	}
 	if _, err := FusermountPath(); err != nil {
-		return fmt.Errorf("fusermount3 not found in PATH: %w", ErrFuseMissing)
+		return fmt.Errorf("%w: fusermount3 is not in PATH (install it with `apt-get install fuse3`)", ErrFuseMissing)
 	}
 	return nil
 }

@@ -303,7 +303,7 @@ func umountAction(c *cli.Context) error {
 func fusermount(args ...string) error {
 	fm, err := fusefs.FusermountPath()
 	if err != nil {
-		return fmt.Errorf("fusermount3 not found: %w", fusefs.ErrFuseMissing)
+		return fmt.Errorf("%w: fusermount3 is not in PATH (install it with `apt-get install fuse3`)", fusefs.ErrFuseMissing)
 	}
 	out, err := exec.Command(fm, args...).CombinedOutput()
 	if err != nil {
