@@ -82,3 +82,15 @@ func TestDataMapMatchesQemuMap(t *testing.T) {
 		})
 	}
 }
+
+// TestDataMapOfHugeLUKSImage proves the map of a 1 TiB qcow2+LUKS disk
+// matches qemu's, without a key (the map is not secret).
+func TestDataMapOfHugeLUKSImage(t *testing.T) {
+	t.Parallel()
+	path, _ := bigLUKS(t)
+	img := openImage(t, path)
+	got, want := dataRanges(t, img), qemuDataRanges(testimg.QemuMapLUKS(t, path, testPass))
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(got) != 2 {
+		t.Fatalf("data ranges\n got %v\nwant %v (qemu-img map)", got, want)
+	}
+}

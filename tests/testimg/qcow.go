@@ -187,7 +187,21 @@ type MapEntry struct {
 // QemuMap returns `qemu-img map --output=json` of an unencrypted qcow2 image.
 func QemuMap(t testing.TB, path string) []MapEntry {
 	t.Helper()
-	out := QemuImg(t, "map", "--output=json", "-f", "qcow2", path)
+	return QemuMapLUKS(t, path, "")
+}
+
+// QemuMapLUKS is QemuMap for a qcow2 image encrypted with passphrase (""
+// for none).
+func QemuMapLUKS(t testing.TB, path, passphrase string) []MapEntry {
+	t.Helper()
+	args := []string{"map", "--output=json"}
+	if passphrase != "" {
+		args = append(args, "--object", "secret,id=sec0,data="+passphrase,
+			"--image-opts", "driver=qcow2,encrypt.key-secret=sec0,file.filename="+path)
+	} else {
+		args = append(args, "-f", "qcow2", path)
+	}
+	out := QemuImg(t, args...)
 	var m []MapEntry
 	if err := json.Unmarshal(out, &m); err != nil {
 		t.Fatalf("qemu-img map output: %v", err)
