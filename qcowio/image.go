@@ -356,7 +356,8 @@ func (img *Image) Encrypted() bool { return img.encrypted }
 // Size returns the virtual disk size.
 func (img *Image) Size() int64 { return img.size }
 
-// Close forgets and zeroes the key. Reads after Close fail.
+// Close forgets and zeroes the key. Reads after Close fail. The device
+// below belongs to the caller and stays open.
 func (img *Image) Close() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
