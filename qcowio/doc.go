@@ -6,4 +6,10 @@
 // backing files, external data files, unknown incompatible features, legacy
 // AES encryption and tables that point outside the file are refused, the same
 // checks the OpenStack format inspector applies.
+//
+// Reads map guest clusters through the L1 table and a bounded LRU cache of
+// L2 tables, coalesce clusters that are contiguous in the file into one read
+// of the device below, and decrypt qcow2+LUKS data in place with the IV
+// sector taken from the host offset (as qemu does). Open validates every L1
+// entry, L2 table and cluster descriptor before any data is read.
 package qcowio
