@@ -23,6 +23,10 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 		"fixed":       `j["segments"]["0"]["size"] = "524288"`,
 		"fixed-large": `j["segments"]["0"]["size"] = "2097152"`,
 		"ignore":      `j["keyslots"]["0"]["priority"] = 0`,
+		// Only one copy loses keyslot 1 and gets the higher seqid.
+		"newer-secondary": "if secondary:\n    meta['seqid'] += 1\n    del j['keyslots']['1']\n    j['digests']['0']['keyslots'].remove('1')",
+		"newer-primary":   "if not secondary:\n    meta['seqid'] += 1\n    del j['keyslots']['1']\n    j['digests']['0']['keyslots'].remove('1')",
+		"older-primary":   "if not secondary:\n    meta['seqid'] -= 1\n    del j['keyslots']['1']\n    j['digests']['0']['keyslots'].remove('1')",
 	}
 	for _, tc := range luks2Refusals {
 		edits[tc.name] = tc.stmt
@@ -87,6 +91,26 @@ func TestLUKS2EditedMetadata(t *testing.T) {
 			t.Fatalf("explicit slot 0: %v", err)
 		}
 	})
+
+	for _, tc := range []struct {
+		name          string
+		usedSecondary bool
+		slots         int
+	}{{"newer-secondary", true, 1}, {"newer-primary", false, 1}, {"older-primary", true, 2}} {
+		t.Run("the valid copy with the higher seqid wins: "+tc.name, func(t *testing.T) {
+			f := openFile(t, edited(t, tc.name))
+			h, err := ReadHeader(f, f.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.UsedSecondary != tc.usedSecondary || len(h.Keyslots) != tc.slots {
+				t.Fatalf("UsedSecondary %v with %d keyslots; want %v with %d", h.UsedSecondary, len(h.Keyslots), tc.usedSecondary, tc.slots)
+			}
+			if _, err := h.Unlock(f, []byte(csPass1), UnlockOptions{Slot: AnySlot}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 
 	for _, tc := range luks2Refusals {
 		t.Run("refuses "+tc.name, func(t *testing.T) {

@@ -212,7 +212,8 @@ func FillPayload(t testing.TB, path string, payloadOffset int64, key []byte, spe
 // editLUKS2Py writes edited copies of a LUKS2 image: for each (statement,
 // output path) pair it applies the python statement to the JSON metadata
 // dict j of both header copies and recomputes each copy's checksum with
-// hashlib (independently of the code under test).
+// hashlib (independently of the code under test). The statement also sees
+// secondary (which copy it edits) and meta["seqid"] (writable).
 const editLUKS2Py = `
 import sys, json, hashlib, struct
 src = open(sys.argv[1], "rb").read()
@@ -222,7 +223,9 @@ for code, out in zip(sys.argv[2::2], sys.argv[3::2]):
     for off in (0, hdr):
         area = bytes(b[off+4096:off+hdr])
         j = json.loads(area.split(b"\0", 1)[0])
-        exec(code, {"j": j})
+        meta = {"seqid": struct.unpack(">Q", b[off+16:off+24])[0]}
+        exec(code, {"j": j, "secondary": off != 0, "meta": meta})
+        b[off+16:off+24] = struct.pack(">Q", meta["seqid"])
         t = json.dumps(j).encode()
         assert len(t) < hdr - 4096
         b[off+4096:off+hdr] = t + bytes(hdr - 4096 - len(t))
@@ -235,7 +238,9 @@ for code, out in zip(sys.argv[2::2], sys.argv[3::2]):
 
 // EditLUKS2JSON applies a python statement to the JSON metadata dict j of
 // both header copies of the LUKS2 image at path, in place, and fixes their
-// checksums, e.g. `j["segments"]["0"]["iv_tweak"] = "7"`.
+// checksums, e.g. `j["segments"]["0"]["iv_tweak"] = "7"`. The statement
+// also sees secondary (true while it edits the secondary copy) and may set
+// meta["seqid"], e.g. `if secondary: meta["seqid"] += 1`.
 func EditLUKS2JSON(t testing.TB, path, statement string) {
 	t.Helper()
 	EditLUKS2JSONCopies(t, path, map[string]string{path: statement})
