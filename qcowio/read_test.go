@@ -36,6 +36,10 @@ func TestReadMatchesPlaintextAndQemu(t *testing.T) {
 			{{Off: 3<<20 - 1000, Len: 3560, Seed: 22}, {Off: 0, Len: 4096, Seed: 23}},
 		}}, false},
 		{"v3 4k clusters, 20 L2 tables", testimg.QcowImage{Size: 40 << 20, Options: "cluster_size=4096", Passes: [][]W{everyL2(20)}}, false},
+		{"512-byte clusters with compressed clusters", testimg.QcowImage{Size: 1 << 20, Options: "cluster_size=512", Passes: [][]W{
+			{{Off: 4096, Len: 8192, Compressed: true, Seed: 25}, {Off: 700 << 10, Len: 3000, Seed: 26}},
+			{{Off: 0, Len: 1024, Seed: 27}, {Off: 6144, Len: 512, Zero: true}},
+		}}, true},
 		{"v3 zero clusters over data", testimg.QcowImage{Size: 2 << 20, Options: "cluster_size=4096", Passes: [][]W{
 			{{Off: 0, Len: 1 << 20, Seed: 8}},
 			{{Off: 64 << 10, Len: 64 << 10, Zero: true}, {Off: 512 << 10, Len: 4096, Zero: true}},
