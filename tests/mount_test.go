@@ -775,3 +775,35 @@ func TestMountSignalWhileBusyDetachesLazily(t *testing.T) {
 		t.Errorf("a %s mount is left after SIGTERM", got)
 	}
 }
+
+// A Glance qcow2+LUKS image whose key is in Barbican mounts by its id; the
+// daemon child does the whole open (Keystone, Glance ranges, Barbican).
+func TestMountGlanceImageWithBarbicanKey(t *testing.T) {
+	tc := needCloud(t)
+	testimg.Need(t, "fusermount3")
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(5<<20, 35)
+	clear(plain[1<<20 : 3<<20]) // unallocated clusters in the qcow2
+	p := testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", testPassphrase, false)
+	secret := tc.createSecret(t, "passphrase", []byte(testPassphrase))
+	id := tc.uploadImage(t, "qcow2", map[string]string{
+		"os_encrypt_format":              "luks",
+		"os_encrypt_key_id":              secret,
+		"os_encrypt_key_deletion_policy": "on_image_deletion",
+		"os_decrypt_size":                strconv.Itoa(len(plain)),
+		"os_decrypt_container_format":    "bare",
+	}, p)
+	plainPath := testimg.WriteFile(t, dir, "plain.raw", plain)
+
+	mnt, pid := mountDaemon(t, id)
+	cmpFiles(t, filepath.Join(mnt, "disk"), plainPath)
+	cmpFiles(t, filepath.Join(mnt, "encrypted"), p)
+	js, err := os.ReadFile(filepath.Join(mnt, "image.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !json.Valid(js) || !bytes.Contains(js, []byte(id)) || bytes.Contains(js, []byte(testPassphrase)) {
+		t.Errorf("image.json: want valid JSON naming the Glance image and not the passphrase:\n%s", js)
+	}
+	unmountAndCheck(t, mnt, pid)
+}
