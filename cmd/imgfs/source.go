@@ -135,7 +135,7 @@ func openGlanceSource(ctx context.Context, c *cli.Context, id string) (*source, 
 	}
 	cloud, err := blockdev.ConnectCloud(ctx, c.String("os-cloud"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("glance image %s: %w", id, err)
 	}
 	g, err := blockdev.OpenGlance(ctx, cloud, id, blockdev.GlanceOptions{HTTP: ho, Cache: co})
 	if err != nil {
@@ -170,20 +170,39 @@ func openGlanceSource(ctx context.Context, c *cli.Context, id string) (*source, 
 	return src, nil
 }
 
-// barbicanKey returns the Barbican source for a secret id, connecting to
-// the cloud first when no session exists yet.
-func barbicanKey(ctx context.Context, c *cli.Context, cloud *blockdev.Cloud, id string) (keyring.Source, error) {
-	if cloud == nil {
-		var err error
-		if cloud, err = blockdev.ConnectCloud(ctx, c.String("os-cloud")); err != nil {
-			return nil, fmt.Errorf("key %s: %w", id, err)
+// barbicanKey returns the Barbican source for a secret id. It connects
+// (to the cloud, and to the key manager) only when the passphrase is
+// needed, so `imgfs info` works without Barbican.
+func barbicanKey(_ context.Context, c *cli.Context, cloud *blockdev.Cloud, id string) (keyring.Source, error) {
+	return &lazyBarbican{cloudName: c.String("os-cloud"), cloud: cloud, b: keyring.Barbican{SecretID: id}}, nil
+}
+
+// lazyBarbican is a keyring.Barbican whose client is made on first use.
+type lazyBarbican struct {
+	cloudName string
+	cloud     *blockdev.Cloud
+	b         keyring.Barbican
+}
+
+func (l *lazyBarbican) String() string { return l.b.String() }
+
+// Passphrase implements keyring.Source.
+func (l *lazyBarbican) Passphrase(ctx context.Context) ([]byte, error) {
+	if l.b.Client == nil {
+		if l.cloud == nil {
+			cloud, err := blockdev.ConnectCloud(ctx, l.cloudName)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", l.b, err)
+			}
+			l.cloud = cloud
 		}
+		client, err := openstack.NewKeyManagerV1(l.cloud.Provider, l.cloud.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("%s: no key manager in the catalog: %w", l.b, err)
+		}
+		l.b.Client = client
 	}
-	client, err := openstack.NewKeyManagerV1(cloud.Provider, cloud.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("key %s: barbican: %w", id, err)
-	}
-	return keyring.Barbican{Client: client, SecretID: id}, nil
+	return l.b.Passphrase(ctx)
 }
 
 // liveMode shows a remote source's read mode as it is when printed (it

@@ -36,7 +36,7 @@
 set -euo pipefail
 
 HOST=127.0.0.1
-PKGS=(keystone glance-api barbican-api python3-openstackclient uwsgi-core uwsgi-plugin-python3 curl)
+PKGS=(keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3 curl)
 PY=/usr/bin/python3
 ADMIN_PW=adminpw DEMO_PW=demopw GLANCE_PW=glancepw BARBICAN_PW=barbicanpw
 
