@@ -807,3 +807,76 @@ func TestMountGlanceImageWithBarbicanKey(t *testing.T) {
 	}
 	unmountAndCheck(t, mnt, pid)
 }
+
+// An ordinary user mounts through the setuid fusermount3: the files are
+// theirs, root's sysfs readahead tweak is skipped, and --allow-other without
+// user_allow_other in /etc/fuse.conf fails naming the fix. Needs root (to
+// become nobody).
+func TestMountAsUnprivilegedUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("SKIP: needs root to act as the unprivileged user nobody")
+	}
+	testimg.Need(t, "setpriv", "fusermount3", "cmp")
+	if conf, _ := os.ReadFile("/etc/fuse.conf"); regexp.MustCompile(`(?m)^\s*user_allow_other`).Match(conf) {
+		t.Skip("SKIP: /etc/fuse.conf has user_allow_other; the refusal cannot be shown")
+	}
+	const nobody = 65534
+	// A world-readable corner of /tmp for the binary, the image and the mountpoint.
+	base, err := os.MkdirTemp("", "imgfs-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	bin := filepath.Join(base, "imgfs")
+	exe, err := os.ReadFile(imgfsBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plain := testimg.RandomBytes(3<<20, 36)
+	img := testimg.WriteFile(t, base, "disk.raw", plain)
+	os.Chmod(img, 0o644)
+	mnt := filepath.Join(base, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(mnt, nobody, nobody)
+	asNobody := func(name string, args ...string) ([]byte, error) {
+		return testimg.RunErr("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", name}, args...)...)
+	}
+	t.Cleanup(func() { exec.Command("fusermount3", "-u", "-z", mnt).Run() })
+
+	if _, err := asNobody(bin, "mount", "-d", "--allow-other", img, mnt); err == nil || !strings.Contains(err.Error(), "user_allow_other") {
+		t.Errorf("--allow-other as nobody without user_allow_other: %v; want a failure naming user_allow_other", err)
+	}
+	if got := mountType(mnt); got != "" {
+		t.Fatalf("the refused mount left a %s mount", got)
+	}
+
+	if _, err := asNobody(bin, "mount", "-d", img, mnt); err != nil {
+		t.Fatalf("mount -d as nobody: %v", err)
+	}
+	if opts := mountOptions(mnt); !strings.Contains(opts, "user_id=65534") || !strings.Contains(opts, "ro") {
+		t.Errorf("mount options %q; want ro and user_id=65534", opts)
+	}
+	if _, err := asNobody("cmp", filepath.Join(mnt, "disk"), img); err != nil {
+		t.Errorf("cmp as nobody: %v", err)
+	}
+	st, err := asNobody("stat", "-c", "%u %a", filepath.Join(mnt, "disk"))
+	if err != nil || strings.TrimSpace(string(st)) != "65534 400" {
+		t.Errorf("stat as nobody: %q, %v; want owner 65534, mode 400", st, err)
+	}
+	// Without allow_other, not even root gets in.
+	if _, err := os.Stat(filepath.Join(mnt, "disk")); !errors.Is(err, os.ErrPermission) {
+		t.Errorf("root stat of nobody's private mount: %v, want permission denied", err)
+	}
+	if _, err := asNobody(bin, "umount", mnt); err != nil {
+		t.Fatalf("umount as nobody: %v", err)
+	}
+	if got := mountType(mnt); got != "" {
+		t.Errorf("after umount, a %s mount is left", got)
+	}
+}
