@@ -340,6 +340,7 @@ func readOrdered(ctx context.Context, d blockdev.Device, size, chunk int64, fn f
 		}
 	}()
 	var err error
+	var done int64
 	for j := range ordered {
 		<-j.done
 		if err == nil {
@@ -357,8 +358,16 @@ func readOrdered(ctx context.Context, d blockdev.Device, size, chunk int64, fn f
 		if err != nil {
 			cancel()
 		}
+		done += int64(len(j.buf))
 	}
 	wg.Wait()
+	if err == nil && done != size {
+		// The producer stopped early: the caller's context was cancelled.
+		err = ctx.Err()
+		if err == nil {
+			err = fmt.Errorf("qcow2 write: read %d of %d bytes", done, size)
+		}
+	}
 	return err
 }
 

@@ -307,6 +307,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 
 	var zeros []byte
 	var err error
+	var done int64
 	for pc := range ordered {
 		<-pc.done
 		if err == nil {
@@ -339,8 +340,16 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 		if err != nil {
 			cancel()
 		}
+		done += int64(pc.n)
 	}
 	wg.Wait()
+	if err == nil && done != size {
+		// The producer stopped early: the caller's context was cancelled.
+		err = ctx.Err()
+		if err == nil {
+			err = fmt.Errorf("copied %d of %d bytes", done, size)
+		}
+	}
 	if err == nil && sparse {
 		err = out.Truncate(size)
 	}
