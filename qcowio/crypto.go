@@ -80,7 +80,7 @@ func (img *Image) dropKeyLocked() {
 	}
 }
 
-// readState returns the cipher to decrypt with (nil for an unencrypted
+// readStateLocked returns the cipher to decrypt with (nil for an unencrypted
 // image), or the reason reads are impossible. img.mu must be read-locked
 // for as long as the cipher is used, so that Close cannot zero it mid-read.
 func (img *Image) readStateLocked() (*luksio.SectorCipher, error) {
