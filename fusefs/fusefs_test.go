@@ -497,3 +497,28 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestFuseConfAllowsOther(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		conf string
+		want bool
+	}{
+		{"user_allow_other\n", true},
+		{"# mount_max = 1000\n  user_allow_other  \n", true},
+		{"#user_allow_other\n", false},
+		{"mount_max = 1000\n", false},
+		{"", false},
+	} {
+		p := filepath.Join(dir, "fuse.conf")
+		if err := os.WriteFile(p, []byte(c.conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := fuseConfAllowsOther(p); got != c.want {
+			t.Errorf("fuse.conf %q: allows other = %v, want %v", c.conf, got, c.want)
+		}
+	}
+	if fuseConfAllowsOther(filepath.Join(dir, "missing")) {
+		t.Error("a missing fuse.conf allows other")
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -65,6 +66,7 @@ const (
 var (
 	devFuse               = "/dev/fuse"
 	fusermountFallbackDir = "/bin"
+	fuseConf              = "/etc/fuse.conf"
 )
 
 // ErrFuseMissing means FUSE cannot be used on this machine.
@@ -122,6 +124,9 @@ func Mount(dir string, opts Options) (*Server, error) {
 	}
 	if err := CheckFuse(); err != nil {
 		return nil, err
+	}
+	if opts.AllowOther && os.Geteuid() != 0 && !fuseConfAllowsOther(fuseConf) {
+		return nil, fmt.Errorf("allow_other: only root may use it unless %s has a `user_allow_other` line (or mount without --allow-other)", fuseConf)
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -250,13 +255,28 @@ func isExecutable(p string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
 }
 
+// fuseConfAllowsOther reports whether the fuse.conf at path lets ordinary
+// users mount with allow_other, as fusermount3 reads it.
+func fuseConfAllowsOther(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
+}
+
 // explainMountError adds the usual fix to the errors fusermount3 gives.
 func explainMountError(err error, allowOther bool) error {
 	msg := err.Error()
 	switch {
-	case allowOther && bytes.Contains([]byte(msg), []byte("user_allow_other")):
+	case allowOther && strings.Contains(msg, "user_allow_other"):
 		return fmt.Errorf("%w (add `user_allow_other` to /etc/fuse.conf, or mount without --allow-other)", err)
-	case bytes.Contains([]byte(msg), []byte("not connected")):
+	case strings.Contains(msg, "not connected"):
 		return fmt.Errorf("%w (a stale imgfs mount is there: run `imgfs umount` on it first)", err)
 	}
 	return err
