@@ -21,12 +21,13 @@ const parallelMin = 256 << 10
 type SectorCipher struct {
 	spec       cipherSpec
 	sectorSize int
-	bs         int          // cipher block size
-	data       cipher.Block // data key (XTS: first half)
-	tweak      cipher.Block // XTS tweak key (second half)
-	essiv      cipher.Block // ESSIV IV cipher
-	workers    int          // goroutines for large buffers; 0 means GOMAXPROCS
-	fast       fastXTS      // assembly AES-XTS (xtsasm*.go), or nil
+	bs         int              // cipher block size
+	data       cipher.Block     // data key (XTS: first half)
+	tweak      cipher.Block     // XTS tweak key (second half)
+	essiv      cipher.Block     // ESSIV IV cipher
+	workers    int              // goroutines for large buffers; 0 means GOMAXPROCS
+	fast       fastXTS          // assembly AES-XTS (xtsasm*.go), or nil
+	fastCBC    fastCBCDecrypter // assembly AES-CBC decryption (cbcasm*.go), or nil
 	mu         sync.RWMutex
 	closed     bool
 }
@@ -73,6 +74,9 @@ func NewSectorCipher(spec string, key []byte, sectorSize int) (*SectorCipher, er
 	if cs.mode == modeXTS && cs.alg == "aes" && newFastXTS != nil {
 		c.fast = newFastXTS(key)
 	}
+	if cs.mode == modeCBC && cs.alg == "aes" && newFastCBCDecrypter != nil && sectorSize%128 == 0 {
+		c.fastCBC = newFastCBCDecrypter(key)
+	}
 	if cs.iv == ivESSIV {
 		newHash, err := hashByName(cs.ivHash)
 		if err != nil {
@@ -115,6 +119,10 @@ func (c *SectorCipher) Close() {
 	if c.fast != nil {
 		c.fast.close() // zeroes the expanded keys
 		c.fast = nil
+	}
+	if c.fastCBC != nil {
+		c.fastCBC.close()
+		c.fastCBC = nil
 	}
 }
 
@@ -189,9 +197,12 @@ func (c *SectorCipher) cryptRange(dst, src []byte, sector uint64, encrypt bool) 
 			}
 		case modeCBC:
 			c.sectorIV(iv[:c.bs], sector)
-			if encrypt {
+			switch {
+			case encrypt:
 				cbcEncryptSector(c.data, d, s, iv[:c.bs])
-			} else {
+			case c.fastCBC != nil:
+				c.fastCBC.decryptSector(d, s, iv[:16])
+			default:
 				cbcDecryptSector(c.data, d, s, iv[:c.bs])
 			}
 		case modeECB:
