@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -322,5 +323,48 @@ func TestExportProgressOnTerminal(t *testing.T) {
 	r, err := testimg.RunErr("script", "-qec", strings.Join([]string{imgfsBin, "export", "--to", "luks", "--passphrase-file", pf, img}, " "), "/dev/null")
 	if !strings.Contains(string(r), "refusing to write an image to a terminal") || len(r) > 200 {
 		t.Fatalf("export to a terminal: %v, %q", err, r)
+	}
+}
+
+// SIGINT stops an export cleanly: non-zero exit, no output and no
+// temporary file left behind.
+func TestExportInterruptedLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "big.qcow2")
+	testimg.QemuImg(t, "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data="+testPass,
+		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", img, "64G")
+	out := filepath.Join(dir, "out", "big.luks")
+	if err := os.Mkdir(filepath.Dir(out), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(imgfsBin, "export", "--to", "luks", "--passphrase-file", passFile(t, dir, testPass), "-o", out, img)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the temporary file exists, then interrupt.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m, _ := filepath.Glob(filepath.Join(dir, "out", ".*imgfs-*")); len(m) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("no temporary file appeared")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if err == nil {
+		t.Fatal("interrupted export exited 0")
+	}
+	if !strings.Contains(stderr.String(), "context canceled") {
+		t.Errorf("stderr %q does not say it was cancelled", stderr.String())
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+		t.Fatalf("left behind: %v", entries)
 	}
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -200,6 +202,8 @@ func checkOutput(path string) error {
 // written under a temporary name in its directory and renamed when
 // complete, so a failed run leaves no partial image behind.
 func writeDevice(ctx context.Context, d blockdev.Device, path, mode, what string) (err error) {
+	ctx, stop := interruptible(ctx)
+	defer stop()
 	prog := startProgress(mode, what, d.Size(), os.Stderr)
 	defer func() { prog.Finish(err) }()
 	if path == "" || path == "-" {
@@ -214,6 +218,8 @@ func writeQcow2File(ctx context.Context, d blockdev.Device, path, mode, what str
 	if path == "" || path == "-" {
 		return usageError("qcow2 output is written with seeks: use -o FILE, not stdout")
 	}
+	ctx, stop := interruptible(ctx)
+	defer stop()
 	prog := startProgress(mode, what, d.Size(), os.Stderr)
 	defer func() { prog.Finish(err) }()
 	opts.Progress = prog.Add
@@ -223,9 +229,20 @@ func writeQcow2File(ctx context.Context, d blockdev.Device, path, mode, what str
 	})
 }
 
+// interruptible cancels ctx on SIGINT or SIGTERM, so that an interrupted
+// export stops cleanly and removes its temporary file.
+func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+}
+
 // writeAtomically creates a temporary file (mode 0600) beside path, lets
 // fill write it, and renames it to path on success; on failure it removes it.
 func writeAtomically(path string, fill func(*os.File) error) (err error) {
+	defer func() {
+		if errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("interrupted, %s not written: %w", path, err)
+		}
+	}()
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
