@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -51,6 +52,7 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 	mapper, _ := d.(blockdev.Mapper)
 
 	pool := sync.Pool{New: func() any { return new([copyChunk]byte) }}
+	var hint holeHint
 	work := make(chan *chunk, depth)
 	ordered := make(chan *chunk, depth)
 	ctx, cancel := context.WithCancel(ctx)
@@ -62,7 +64,7 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 		go func() {
 			defer wg.Done()
 			for ch := range work {
-				fillChunk(ch, d, mapper, &pool)
+				fillChunk(ch, d, mapper, &hint, &pool)
 				close(ch.done)
 			}
 		}()
@@ -125,12 +127,40 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 	return st, err
 }
 
+// holeHint remembers the last answer of the data map: no data in
+// [from, next). Without it every chunk of a long hole would scan the map to
+// the hole's end again (quadratic: a 1 TiB sparse disk took many minutes).
+type holeHint struct {
+	mu         sync.Mutex
+	from, next int64
+}
+
+func (h *holeHint) covers(off, end int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.from <= off && end <= h.next
+}
+
+func (h *holeHint) set(from, next int64) {
+	h.mu.Lock()
+	h.from, h.next = from, next
+	h.mu.Unlock()
+}
+
 // fillChunk reads one chunk, or marks it a hole without reading.
-func fillChunk(ch *chunk, d blockdev.Device, mapper blockdev.Mapper, pool *sync.Pool) {
+func fillChunk(ch *chunk, d blockdev.Device, mapper blockdev.Mapper, hint *holeHint, pool *sync.Pool) {
 	end := ch.off + int64(ch.n)
 	if mapper != nil {
+		if hint.covers(ch.off, end) {
+			ch.hole = true
+			return
+		}
 		next, err := mapper.NextData(ch.off)
+		if errors.Is(err, io.EOF) {
+			next = math.MaxInt64
+		}
 		if errors.Is(err, io.EOF) || (err == nil && next >= end) {
+			hint.set(ch.off, next)
 			ch.hole = true
 			return
 		}
