@@ -380,7 +380,7 @@ func TestSparse1TiBQcow2LUKS(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "disk.out")
-	r := runLimitedFor(t, 5*time.Minute, "cat", "--stats", "--passphrase-file", pf, "-o", out, img)
+	r := runLimitedFor(t, 2*time.Minute, "cat", "--stats", "--passphrase-file", pf, "-o", out, img)
 	if r.code != 0 {
 		t.Fatalf("cat: exit %d: %s", r.code, r.stderr)
 	}
