@@ -880,3 +880,40 @@ func TestMountAsUnprivilegedUser(t *testing.T) {
 		t.Errorf("after umount, a %s mount is left", got)
 	}
 }
+
+// A daemon has no stderr: --log FILE keeps its read errors.
+func TestMountDaemonLogsErrorsToFile(t *testing.T) {
+	plain := testimg.RandomBytes(4<<20, 37)
+	origin := serveDir(t, filepath.Dir(testimg.WriteFile(t, t.TempDir(), "disk.raw", plain)))
+	var broken atomic.Bool
+	proxy, _ := faultProxy(t, origin, "", func(_ int64, w http.ResponseWriter, _ *http.Request) bool {
+		if broken.Load() {
+			http.Error(w, "gone", http.StatusNotFound)
+			return true
+		}
+		return false
+	})
+	logPath := filepath.Join(t.TempDir(), "imgfs.log")
+	dir, pid := mountDaemon(t, "--log", logPath, "--block-size", "64KiB", proxy+"/disk.raw")
+	f, err := os.Open(filepath.Join(dir, "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, plain[:4096]) {
+		t.Fatalf("read before the fault: %v or bytes differ", err)
+	}
+	broken.Store(true)
+	if _, err := f.ReadAt(buf, 3<<20); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read from a failing source: %v, want EIO", err)
+	}
+	f.Close()
+	unmountAndCheck(t, dir, pid)
+	logged, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(logged), "answered EIO") != 1 || !strings.Contains(string(logged), "404") {
+		t.Errorf("log file %q; want one EIO line naming the 404", logged)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -34,13 +35,14 @@ func mountCommand() *cli.Command {
 		Description: "Files are mode 0400, owned by you, and only you see the mount. --allow-other shows it\n" +
 			"to every user (files 0444); a non-root user needs `user_allow_other` in /etc/fuse.conf.\n" +
 			"Runs in the foreground until Ctrl-C, SIGTERM, SIGHUP or `imgfs umount`. --daemon returns\n" +
-			"once the mount is ready and leaves it serving in the background (its later errors are\n" +
-			"not shown). A mount left by a killed imgfs is cleared by `imgfs umount`.",
+			"once the mount is ready and leaves it serving in the background (its later errors go\n" +
+			"to --log FILE, else nowhere). A mount left by a killed imgfs is cleared by `imgfs umount`.",
 		ArgsUsage: "SOURCE MOUNTPOINT",
 		Flags: append(append(append(keyFlags(), formatFlags()...), sourceFlags()...),
 			&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount (allow_other)"},
 			&cli.BoolFlag{Name: "daemon", Aliases: []string{"d"}, Usage: "return once mounted and serve in the background"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request to stderr"},
+			&cli.StringFlag{Name: "log", Usage: "append read errors (and, with --daemon, anything the daemon prints) to `FILE`"},
 		),
 		Action: mountAction,
 	}
@@ -107,6 +109,15 @@ func mountAction(c *cli.Context) error {
 		opts.DiskAllocated = img.Info.Qcow2.AllocatedBytes
 	}
 
+	var logFile *os.File
+	if p := c.String("log"); p != "" {
+		if logFile, err = os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+			return fmt.Errorf("--log: %w", err)
+		}
+		defer logFile.Close()
+		opts.Logger = log.New(logFile, "", log.LstdFlags)
+	}
+
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -120,7 +131,7 @@ func mountAction(c *cli.Context) error {
 		close(done)
 	}()
 	if readyFD >= 0 {
-		if err := detach(readyFD); err != nil {
+		if err := detach(readyFD, logFile); err != nil {
 			srv.Unmount()
 			return err
 		}
@@ -255,15 +266,20 @@ func startDaemon(spec, dir string) error {
 }
 
 // detach is the daemon child's last step of mounting: stdio goes to
-// /dev/null (so the parent's pipes close) and "ready" goes to the parent.
-func detach(readyFD int) error {
+// /dev/null, stderr to logFile if there is one (so the parent's pipes close),
+// and "ready" goes to the parent.
+func detach(readyFD int, logFile *os.File) error {
 	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer null.Close()
 	for fd := 0; fd <= 2; fd++ {
-		if err := unix.Dup3(int(null.Fd()), fd, 0); err != nil {
+		to := null
+		if fd == 2 && logFile != nil {
+			to = logFile
+		}
+		if err := unix.Dup3(int(to.Fd()), fd, 0); err != nil {
 			return fmt.Errorf("daemon: redirect fd %d: %w", fd, err)
 		}
 	}
