@@ -158,7 +158,9 @@ func apiLimited(t *testing.T, path, pass string) (error, uint64) {
 // hostileCases builds every malicious image (shared by the tests below).
 func hostileCases(t *testing.T, dir string) []hostile.Case {
 	testimg.Need(t, "qemu-img", "qemu-io", "cryptsetup", testimg.Python)
-	return append(hostile.Qcow2Cases(t, dir), hostile.LUKSCases(t, dir)...)
+	cases := hostile.Qcow2Cases(t, dir)
+	cases = append(cases, hostile.Qcow2LUKSCases(t, dir)...)
+	return append(cases, hostile.LUKSCases(t, dir)...)
 }
 
 // TestHostileImagesRefused runs every malicious image through `imgfs cat`

@@ -205,6 +205,61 @@ func Qcow2Cases(t testing.TB, dir string) []Case {
 	return cases
 }
 
+// cryptoExt returns the file offset of the data of the qcow2 crypto header
+// extension (LUKS header offset and length), walking the extensions.
+func cryptoExt(t testing.TB, b []byte) int {
+	t.Helper()
+	off := int(layout(b).headerLength)
+	for off+8 <= len(b) && off < 1<<int(layout(b).clusterBits) {
+		typ, n := be.Uint32(b[off:]), int(be.Uint32(b[off+4:]))
+		if typ == 0 {
+			break
+		}
+		if typ == 0x0537be77 {
+			return off + 8
+		}
+		off += 8 + (n+7)&^7
+	}
+	t.Fatal("qcow2+LUKS image without a crypto header extension")
+	return 0
+}
+
+// Qcow2LUKSCases builds malicious qcow2+LUKS images in dir from one image
+// made by qemu-img (LUKS1 embedded in a 64 KiB-cluster qcow2).
+func Qcow2LUKSCases(t testing.TB, dir string) []Case {
+	t.Helper()
+	base, _ := testimg.MakeQcow2(t, dir, "base-luks.qcow2", testimg.QcowImage{Size: 4 << 20, Passphrase: Pass,
+		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 64 << 10, Seed: 4}}}})
+	var cases []Case
+	add := func(c Case, patch func(b []byte, luks int)) {
+		c.Path = derive(t, dir, base, fmt.Sprintf("ql%02d.qcow2", len(cases)), func(b []byte) []byte {
+			ext := cryptoExt(t, b)
+			luks := int(be.Uint64(b[ext:]))
+			if string(b[luks:luks+6]) != "LUKS\xba\xbe" {
+				t.Fatalf("no LUKS header at %#x", luks)
+			}
+			patch(b, luks)
+			return b
+		})
+		c.Key = true
+		cases = append(cases, c)
+	}
+	add(Case{Name: "qcow2+LUKS embedded keyslot PBKDF2 iterations 2^32-1", Want: "4294967295 PBKDF2 iterations (limit 2147483647)", KDF: true,
+		Info: InfoShows, InfoWant: "4294967295 iterations"}, func(b []byte, luks int) {
+		put32(b, luks+l1Slot0+l1SlotIter, 0xffffffff)
+	})
+	add(Case{Name: "qcow2+LUKS embedded keyslot stripes 2^32-1", Want: "4294967295 stripes", Info: InfoUnsafe}, func(b []byte, luks int) {
+		put32(b, luks+l1Slot0+l1SlotStripe, 0xffffffff)
+	})
+	add(Case{Name: "qcow2+LUKS crypto header extension points at the L1 table", Want: "LUKS header", Info: InfoUnsafe}, func(b []byte, luks int) {
+		put64(b, cryptoExt(t, b), uint64(layout(b).l1Off))
+	})
+	add(Case{Name: "qcow2+LUKS crypto header area of 2^62 bytes", Want: "LUKS header area of 4611686018427387904 bytes", Info: InfoUnsafe}, func(b []byte, luks int) {
+		put64(b, cryptoExt(t, b)+8, 1<<62)
+	})
+	return cases
+}
+
 // BombInflatedSize is how many bytes the zip bomb's deflate stream inflates
 // to (checked by the suite with compress/flate).
 const BombInflatedSize = 4000 << 20
