@@ -65,13 +65,29 @@ func diffAt(a, b []byte) int {
 // A qcow2+LUKS image made by qemu-img exported --to luks is a raw LUKS1
 // volume that the same passphrase opens in cryptsetup and qemu-img, with
 // the same plaintext (unallocated clusters read as zeros), for 4 KiB and
-// 64 KiB clusters.
+// 64 KiB clusters and for XTS, XTS with 32-bit "plain" IVs and CBC-ESSIV.
 func TestExportQcow2LUKSToLUKS(t *testing.T) {
-	for _, cluster := range []int64{4096, 65536} {
-		t.Run(fmt.Sprintf("cluster%d", cluster), func(t *testing.T) {
+	for _, tc := range []struct {
+		cluster  int64
+		cipher   string
+		wantMode string // the exported header's cipher mode
+	}{
+		{4096, "", "xts-plain64"},
+		{65536, "", "xts-plain64"},
+		{65536, "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha1", "cbc-essiv:sha256"},
+		{4096, "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha512", "xts-plain"},
+	} {
+		cluster := tc.cluster
+		name := fmt.Sprintf("cluster%d", cluster)
+		opts := fmt.Sprintf("cluster_size=%d", cluster)
+		if tc.cipher != "" {
+			name += "-" + strings.NewReplacer("encrypt.", "", "=", "-", ",", "_").Replace(tc.cipher)
+			opts += "," + tc.cipher
+		}
+		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			img, plain := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
-				Size: 16 << 20, Options: fmt.Sprintf("cluster_size=%d", cluster),
+				Size: 16 << 20, Options: opts,
 				Passphrase: testPass, Passes: exportWrites(cluster),
 			})
 			if qemu := testimg.QemuRaw(t, img, testPass); !bytes.Equal(qemu, plain) {
@@ -83,6 +99,9 @@ func TestExportQcow2LUKSToLUKS(t *testing.T) {
 				t.Fatalf("export: exit %d, stderr %q (progress must be off when stderr is not a terminal)", r.code, r.stderr)
 			}
 			checkLUKSExport(t, out, testPass, plain)
+			if dump := string(testimg.Run(t, "cryptsetup", "luksDump", out)); !strings.Contains(dump, "Cipher mode:   \t"+tc.wantMode+"\n") {
+				t.Fatalf("exported header is not %s:\n%s", tc.wantMode, dump)
+			}
 			// imgfs reads its own export too.
 			if got := mustImgfs(t, nil, "cat", "--passphrase-file", passFile(t, dir, testPass), out); !bytes.Equal(got, plain) {
 				t.Fatal("imgfs cat of the export differs")
