@@ -135,10 +135,10 @@ func apiOpen(path, pass string) error {
 	return err
 }
 
-// apiLimited runs apiOpen with a deadline and returns its error and the
-// bytes it allocated (runtime.MemStats.TotalAlloc: an upper bound of the
+// apiLimited runs apiOpen with a deadline and returns the bytes it
+// allocated and its error (runtime.MemStats.TotalAlloc: an upper bound of the
 // heap it could have used).
-func apiLimited(t *testing.T, path, pass string) (error, uint64) {
+func apiLimited(t *testing.T, path, pass string) (uint64, error) {
 	t.Helper()
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -148,10 +148,10 @@ func apiLimited(t *testing.T, path, pass string) (error, uint64) {
 	select {
 	case err := <-done:
 		runtime.ReadMemStats(&after)
-		return err, after.TotalAlloc - before.TotalAlloc
+		return after.TotalAlloc - before.TotalAlloc, err
 	case <-time.After(hostileDeadline):
 		t.Fatalf("Go API open of %s did not finish within %v", path, hostileDeadline)
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -224,7 +224,7 @@ func TestHostileImagesRefused(t *testing.T) {
 			if c.Key {
 				pass = hostile.Pass
 			}
-			err, alloc := apiLimited(t, c.Path, pass)
+			alloc, err := apiLimited(t, c.Path, pass)
 			switch {
 			case err == nil:
 				t.Fatal("Go API accepted the image")
@@ -285,7 +285,7 @@ func TestHostileBaseImagesOpen(t *testing.T) {
 		if c.key {
 			pass = hostile.Pass
 		}
-		if err, _ := apiLimited(t, c.path, pass); err != nil {
+		if _, err := apiLimited(t, c.path, pass); err != nil {
 			t.Fatalf("base image %s: Go API: %v", filepath.Base(c.path), err)
 		}
 	}
