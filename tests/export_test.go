@@ -387,3 +387,29 @@ func TestExportInterruptedLeavesNothing(t *testing.T) {
 		t.Fatalf("left behind: %v", entries)
 	}
 }
+
+// A cryptsetup LUKS2 volume exports --to luks as stored (no key needed),
+// --to raw as its plaintext, and is refused --to qcow2 (qcow2+LUKS holds
+// LUKS1 only).
+func TestExportLUKS2Source(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "v2.luks")
+	testimg.CryptsetupFormat(t, path, 20<<20, testPass, "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--sector-size", "4096")
+	key, payload := testimg.CryptsetupVolumeKey(t, path, testPass)
+	plain := testimg.RandomBytes(int(20<<20-payload), 95)
+	testimg.FillPayload(t, path, payload, key, "aes-xts-plain64", 4096, 0, plain)
+	pf := passFile(t, dir, testPass)
+
+	out := filepath.Join(dir, "out.luks")
+	mustImgfs(t, nil, "export", "--to", "luks", "-o", out, path)
+	if !bytes.Equal(readFile(t, out), readFile(t, path)) {
+		t.Fatal("--to luks of a LUKS2 volume is not its stored bytes")
+	}
+	if got := mustImgfs(t, nil, "export", "--to", "raw", "--passphrase-file", pf, path); !bytes.Equal(got, plain) {
+		t.Fatal("--to raw differs from the plaintext")
+	}
+	r := runImgfs(t, nil, "export", "--to", "qcow2", "--passphrase-file", pf, "-o", filepath.Join(dir, "x.qcow2"), path)
+	if r.code != 1 || !strings.Contains(string(r.stderr), "LUKS2") {
+		t.Fatalf("--to qcow2 of LUKS2: exit %d, %s", r.code, r.stderr)
+	}
+}
