@@ -35,10 +35,10 @@ func checkNewLUKS1(t *testing.T, path, pass string, want []byte, spec string, ke
 		t.Fatalf("payload at %d, %d-byte key, file %d bytes for %d bytes of plaintext", payload, len(key), len(stored), len(want))
 	}
 	if ct := testimg.PyEncrypt(t, key, spec, 512, 0, want); !bytes.Equal(stored[payload:], ct) {
-		t.Fatalf("payload differs from python3-cryptography's encryption at byte %d", diffAt(stored[payload:], ct))
+		t.Fatalf("payload differs from python3-cryptography's encryption at byte %d", firstDiffAt(stored[payload:], ct))
 	}
 	if got := testimg.QemuLUKSDecrypt(t, path, pass); !bytes.Equal(got, want) {
-		t.Fatalf("qemu-img plaintext differs at byte %d", diffAt(got, want))
+		t.Fatalf("qemu-img plaintext differs at byte %d", firstDiffAt(got, want))
 	}
 }
 
@@ -99,9 +99,9 @@ func TestEncryptToQcow2LUKS(t *testing.T) {
 			out := filepath.Join(dir, "out-"+cs+".qcow2")
 			mustImgfs(t, nil, "encrypt", "--format", "qcow2+luks", "--cluster-size", cs, "--passphrase-file", pf,
 				"--pbkdf-iterations", "1000", "-o", out, in)
-			qemuCheck(t, out, testPass)
+			qemuCheckQcow2(t, out, testPass)
 			if got := testimg.QemuRaw(t, out, testPass); !bytes.Equal(got, plain) {
-				t.Fatalf("qemu-img plaintext differs at byte %d", diffAt(got, plain))
+				t.Fatalf("qemu-img plaintext differs at byte %d", firstDiffAt(got, plain))
 			}
 			info := string(testimg.QemuImg(t, "info", out))
 			for _, want := range []string{"encrypted: yes", "format: luks", "cipher alg: aes-256", "cipher mode: xts", "iters: 1000"} {

@@ -49,11 +49,11 @@ func checkLUKSExport(t *testing.T, path, pass string, want []byte) {
 	}
 	got := testimg.QemuLUKSDecrypt(t, path, pass)
 	if !bytes.Equal(got, want) {
-		t.Fatalf("qemu-img reads %d bytes that differ from the %d-byte plaintext at byte %d", len(got), len(want), diffAt(got, want))
+		t.Fatalf("qemu-img reads %d bytes that differ from the %d-byte plaintext at byte %d", len(got), len(want), firstDiffAt(got, want))
 	}
 }
 
-func diffAt(a, b []byte) int {
+func firstDiffAt(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
@@ -244,9 +244,9 @@ func TestExportRefusals(t *testing.T) {
 	}
 }
 
-// qemuCheck runs `qemu-img check` (with the key for an encrypted image)
+// qemuCheckQcow2 runs `qemu-img check` (with the key for an encrypted image)
 // and fails unless it reports no errors and no leaks.
-func qemuCheck(t *testing.T, path, pass string) {
+func qemuCheckQcow2(t *testing.T, path, pass string) {
 	t.Helper()
 	args := []string{"check"}
 	if pass != "" {
@@ -286,9 +286,9 @@ func TestExportToQcow2(t *testing.T) {
 				args = append(args, "--passphrase-file", pf)
 			}
 			mustImgfs(t, nil, append(args, c.src)...)
-			qemuCheck(t, out, c.pass)
+			qemuCheckQcow2(t, out, c.pass)
 			if got := testimg.QemuRaw(t, out, c.pass); !bytes.Equal(got, plain) {
-				t.Fatalf("qemu-img plaintext differs at byte %d", diffAt(got, plain))
+				t.Fatalf("qemu-img plaintext differs at byte %d", firstDiffAt(got, plain))
 			}
 			info := string(testimg.QemuImg(t, "info", out))
 			if enc := strings.Contains(info, "encrypted: yes"); enc != (c.pass != "") {
@@ -321,7 +321,7 @@ func TestExportLargeSparseDisk(t *testing.T) {
 	t.Logf("exported %d MiB in %v (%.0f MiB/s)", size>>20, elapsed.Round(time.Millisecond), float64(size>>20)/elapsed.Seconds())
 	want := testimg.QemuRaw(t, img, testPass)
 	if got := testimg.QemuLUKSDecrypt(t, out, testPass); !bytes.Equal(got, want) {
-		t.Fatalf("qemu-img reads the export differently at byte %d", diffAt(got, want))
+		t.Fatalf("qemu-img reads the export differently at byte %d", firstDiffAt(got, want))
 	}
 }
 
