@@ -33,13 +33,13 @@ func refXTS(t testing.TB, key, src []byte, ss int, first, step, mask uint64, enc
 	return out
 }
 
-// asmVariants lists the assembly routines this CPU can run: AES-NI always,
-// AVX-512 VAES when haveVAES.
-func asmVariants() []bool {
-	if haveVAES {
-		return []bool{false, true}
+// asmVariants lists the assembly variants this CPU can run.
+func asmVariants() []int {
+	var v []int
+	for impl := xtsAESNI; impl <= xtsBestImpl; impl++ {
+		v = append(v, impl)
 	}
-	return []bool{false}
+	return v
 }
 
 // checkFastXTS compares one call of every assembly variant, in place and
@@ -47,30 +47,30 @@ func asmVariants() []bool {
 func checkFastXTS(t testing.TB, key, src []byte, ss int, first, step, mask uint64, encrypt bool) {
 	t.Helper()
 	want := refXTS(t, key, src, ss, first, step, mask, encrypt)
-	for _, vaes := range asmVariants() {
-		checkAsmVariant(t, vaes, key, src, want, ss, first, step, mask, encrypt)
+	for _, impl := range asmVariants() {
+		checkAsmVariant(t, impl, key, src, want, ss, first, step, mask, encrypt)
 	}
 }
 
-func checkAsmVariant(t testing.TB, vaes bool, key, src, want []byte, ss int, first, step, mask uint64, encrypt bool) {
+func checkAsmVariant(t testing.TB, impl int, key, src, want []byte, ss int, first, step, mask uint64, encrypt bool) {
 	t.Helper()
 	f := newFastXTS(key)
 	if f == nil {
 		t.Fatalf("newFastXTS refused a %d-byte key", len(key))
 	}
 	defer f.close()
-	f.(*aesniXTS).vaes = vaes
+	f.(*aesniXTS).impl = impl
 	got := make([]byte, len(src))
 	f.cryptSectors(got, src, ss, first, step, mask, encrypt)
 	if !bytes.Equal(got, want) {
-		t.Fatalf("key %d, sector size %d, %d sectors, first %#x, step %d, mask %#x, encrypt %v, vaes %v: out-of-place result differs from x/crypto/xts at byte %d",
-			len(key), ss, len(src)/ss, first, step, mask, encrypt, vaes, firstDiff(got, want))
+		t.Fatalf("key %d, sector size %d, %d sectors, first %#x, step %d, mask %#x, encrypt %v, impl %d: out-of-place result differs from x/crypto/xts at byte %d",
+			len(key), ss, len(src)/ss, first, step, mask, encrypt, impl, firstDiff(got, want))
 	}
 	copy(got, src)
 	f.cryptSectors(got, got, ss, first, step, mask, encrypt)
 	if !bytes.Equal(got, want) {
-		t.Fatalf("key %d, sector size %d, %d sectors, first %#x, encrypt %v, vaes %v: in-place result differs from x/crypto/xts at byte %d",
-			len(key), ss, len(src)/ss, first, encrypt, vaes, firstDiff(got, want))
+		t.Fatalf("key %d, sector size %d, %d sectors, first %#x, encrypt %v, impl %d: in-place result differs from x/crypto/xts at byte %d",
+			len(key), ss, len(src)/ss, first, encrypt, impl, firstDiff(got, want))
 	}
 }
 
@@ -192,12 +192,12 @@ func FuzzXTSAsm(f *testing.F) {
 
 // benchmarkXTS measures single-worker AES-256-XTS (64-byte key) through
 // SectorCipher: one sector per call ("sector") and 1 MiB per call
-// ("1MiB"), with the AVX-512 VAES assembly ("vaes"), the AES-NI assembly
-// ("aesni") and the portable ("go") path. Besides the wall-clock MB/s it
+// ("1MiB"), with the AVX-512 VAES ("vaes512"), AVX2 VAES ("vaes256") and
+// AES-NI ("aesni") assembly and the portable ("go") path. Besides the wall-clock MB/s it
 // reports cpu-MB/s: bytes per CPU second of the benchmarking thread.
 func benchmarkXTS(b *testing.B, ss int, encrypt bool) {
 	key := testimg.RandomBytes(64, 1)
-	for _, impl := range []string{"vaes", "aesni", "go"} {
+	for _, impl := range []string{"vaes512", "vaes256", "aesni", "go"} {
 		for _, size := range []int{ss, 1 << 20} {
 			name := impl + "/sector"
 			if size != ss {
@@ -216,10 +216,10 @@ func benchmarkXTS(b *testing.B, ss int, encrypt bool) {
 						x.close()
 						c.fast = nil
 					}
-				case x == nil, impl == "vaes" && !haveVAES:
+				case x == nil, xtsImplByName[impl] > xtsBestImpl:
 					b.Skip("not supported on this CPU")
 				default:
-					x.vaes = impl == "vaes"
+					x.impl = xtsImplByName[impl]
 				}
 				buf := testimg.RandomBytes(size, 2)
 				b.SetBytes(int64(size))
@@ -252,3 +252,5 @@ func benchmarkXTS(b *testing.B, ss int, encrypt bool) {
 func BenchmarkDecryptXTS512(b *testing.B)  { benchmarkXTS(b, 512, false) }
 func BenchmarkDecryptXTS4096(b *testing.B) { benchmarkXTS(b, 4096, false) }
 func BenchmarkEncryptXTS4096(b *testing.B) { benchmarkXTS(b, 4096, true) }
+
+var xtsImplByName = map[string]int{"aesni": xtsAESNI, "vaes256": xtsVAES256, "vaes512": xtsVAES512}

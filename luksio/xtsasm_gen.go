@@ -55,6 +55,8 @@ func main() {
 	p("")
 	genVAES("xtsDecryptVAES", "VAESDEC", "VAESDECLAST", "dk")
 	genVAES("xtsEncryptVAES", "VAESENC", "VAESENCLAST", "ek")
+	genVAES2("xtsDecryptVAES2", "VAESDEC", "VAESDECLAST", "dk")
+	genVAES2("xtsEncryptVAES2", "VAESENC", "VAESENCLAST", "ek")
 	if err := os.WriteFile("xtsasm_amd64.s", b.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}
@@ -316,4 +318,145 @@ func mulXn(src, dst string, n int) {
 	p("\tVPSRLDQ $8, Z0, Z0") // the bits shifted out of bit 127
 	p("\tVPCLMULQDQ $0x00, xtsGF4<>(SB), Z0, Z0")
 	p("\tVPTERNLOGQ $0x96, Z0, Z1, %s", dst)
+}
+
+// genVAES2 writes the AVX2 VAES variant for CPUs without AVX-512: 16
+// blocks per iteration in eight YMM registers of two blocks each; round
+// keys are broadcast from memory each round, and the tweaks of a group are
+// kept on the stack for the final XOR. The next sector's tweak is encrypted
+// ahead, as in genVAES.
+//
+//	AX  data round keys        BX  tweak round keys
+//	SI  src                    DI  dst
+//	CX  sectors left           DX  16-block groups per sector
+//	R8  IV sector number       R9  IV step per sector
+//	R10 IV mask                R11 rounds (10, 12, 14)
+//	R12 groups left / scratch  R13 rounds*16 (offset of the last round key)
+//	Y0-Y7  16 blocks           Y8  round key
+//	Y9     tweaks of blocks 0 and 1 of the group
+//	Y10-Y12 scratch            Y13 round key 0
+//	X15    the encrypted IV (first tweak) of the next sector
+//	0(SP)..224(SP) the eight tweak pairs of the group
+func genVAES2(name, op, opLast, keyName string) {
+	p("// func %s(nr int, %s, tk, dst, src *byte, sectors, groups int, sector, step, mask uint64)", name, keyName)
+	p("TEXT ·%s(SB), NOSPLIT, $256-80", name)
+	p("\tMOVQ nr+0(FP), R11")
+	p("\tMOVQ %s+8(FP), AX", keyName)
+	p("\tMOVQ tk+16(FP), BX")
+	p("\tMOVQ dst+24(FP), DI")
+	p("\tMOVQ src+32(FP), SI")
+	p("\tMOVQ sectors+40(FP), CX")
+	p("\tMOVQ groups+48(FP), DX")
+	p("\tMOVQ sector+56(FP), R8")
+	p("\tMOVQ step+64(FP), R9")
+	p("\tMOVQ mask+72(FP), R10")
+	p("\tMOVQ R11, R13")
+	p("\tSHLQ $4, R13")
+	p("\tTESTQ CX, CX")
+	p("\tJZ %s_done", name)
+	p("\tTESTQ DX, DX")
+	p("\tJZ %s_done", name)
+	p("\tVBROADCASTI128 (AX), Y13")
+	tweak2(name + "_tw0")
+	p("")
+	p("%s_sector:", name)
+	p("\t// Y9 = [T, T*x] from T = X15.")
+	p("\tVPSHUFD $0x13, X15, X10")
+	p("\tVPSRAD $31, X10, X10")
+	p("\tVPAND xtsGF<>(SB), X10, X10")
+	p("\tVPADDQ X15, X15, X11")
+	p("\tVPXOR X10, X11, X11")
+	p("\tVINSERTI128 $1, X11, Y15, Y9")
+	p("\tADDQ R9, R8")
+	tweak2(name + "_tw")
+	p("\tMOVQ DX, R12")
+	p("")
+	p("%s_group:", name)
+	p("\t// Tweak pair i = Y9 * x^(2i); whiten the blocks with it and round key 0.")
+	for i := 0; i < 8; i++ {
+		t := "Y9"
+		if i > 0 {
+			t = "Y12"
+			mulXn2("Y9", t, 2*i)
+		}
+		p("\tVMOVDQU %s, %d(SP)", t, 32*i)
+		p("\tVPXOR %d(SI), %s, Y%d", 32*i, t, i)
+		p("\tVPXOR Y13, Y%d, Y%d", i, i)
+	}
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_last", name)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_last", name)
+		}
+		p("\tVBROADCASTI128 %d(AX), Y8", 16*r)
+		for i := 0; i < 8; i++ {
+			p("\t%s Y8, Y%d, Y%d", op, i, i)
+		}
+	}
+	p("%s_last:", name)
+	p("\tVBROADCASTI128 (AX)(R13*1), Y8")
+	for i := 0; i < 8; i++ {
+		p("\t%s Y8, Y%d, Y%d", opLast, i, i)
+	}
+	for i := 0; i < 8; i++ {
+		p("\tVPXOR %d(SP), Y%d, Y%d", 32*i, i, i)
+		p("\tVMOVDQU Y%d, %d(DI)", i, 32*i)
+	}
+	p("\tADDQ $256, SI")
+	p("\tADDQ $256, DI")
+	mulXn2("Y9", "Y9", 16)
+	p("\tDECQ R12")
+	p("\tJNZ %s_group", name)
+	p("")
+	p("\tDECQ CX")
+	p("\tJNZ %s_sector", name)
+	p("")
+	p("%s_done:", name)
+	p("\t// Leave no key-dependent data in vector registers or on the stack.")
+	for i := 0; i < 16; i++ {
+		p("\tVPXOR Y%d, Y%d, Y%d", i, i, i)
+	}
+	for i := 0; i < 8; i++ {
+		p("\tVMOVDQU Y0, %d(SP)", 32*i)
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+	p("")
+}
+
+// tweak2 writes X15 = AES-encrypt(tweak key, IV), VEX-encoded.
+func tweak2(label string) {
+	p("\tMOVQ R8, R12")
+	p("\tANDQ R10, R12")
+	p("\tVMOVQ R12, X15")
+	p("\tVPXOR (BX), X15, X15")
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_last", label)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_last", label)
+		}
+		p("\tVAESENC %d(BX), X15, X15", 16*r)
+	}
+	p("%s_last:", label)
+	p("\tVAESENCLAST (BX)(R13*1), X15, X15")
+}
+
+// mulXn2 is mulXn for YMM registers (two lanes), with Y10 and Y11 as
+// scratch.
+func mulXn2(src, dst string, n int) {
+	p("\tVPSRLQ $%d, %s, Y10", 64-n, src)
+	p("\tVPSLLQ $%d, %s, %s", n, src, dst)
+	p("\tVPSLLDQ $8, Y10, Y11")
+	p("\tVPSRLDQ $8, Y10, Y10")
+	p("\tVPCLMULQDQ $0x00, xtsGF4<>(SB), Y10, Y10")
+	p("\tVPXOR Y10, %s, %s", dst, dst)
+	p("\tVPXOR Y11, %s, %s", dst, dst)
 }
