@@ -37,24 +37,34 @@ retry qemu-img convert -f raw -O qcow2 --object secret,id=s,data=$PASS \
 rm -f "$D/plain.raw"
 echo "image size $SIZE ($BYTES bytes), $ROUNDS rounds, images in $D"
 
-printf '\n| image | imgfs cat MB/s | mount cold dd MB/s | mount warm dd MB/s | cold/cat |\n|---|---|---|---|---|\n'
+TCK=$(getconf CLK_TCK)
+# cpu CMD...: user+sys CPU seconds of CMD (stdout to /dev/null)
+cpu() { /usr/bin/time -f '%U %S' -o "$D/cpu" "$@" > /dev/null; awk '{print $1 + $2}' "$D/cpu"; }
+# pidcpu PID: user+sys CPU seconds a running process has used
+pidcpu() { awk -v t="$TCK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+
+printf '\n| image | imgfs cat MB/s | mount cold dd MB/s | mount warm dd MB/s | cold/cat | cat CPU s | mount CPU s (daemon + dd) |\n'
+printf '|---|---|---|---|---|---|---|\n'
 for img in luks1 qcow2luks; do
-  : > "$D/t_cat"; : > "$D/t_cold"; : > "$D/t_warm"
+  : > "$D/t_cat"; : > "$D/t_cold"; : > "$D/t_warm"; : > "$D/c_cat"; : > "$D/c_mount"
   for _ in $(seq 1 "$ROUNDS"); do
-    s=$(now); "$IMGFS" cat --passphrase-file "$D/pass" "$D/$img.img" > /dev/null; e=$(now)
+    s=$(now); cpu "$IMGFS" cat --passphrase-file "$D/pass" "$D/$img.img" >> "$D/c_cat"; e=$(now)
     echo "$e - $s" | bc -l >> "$D/t_cat"
     # The mount's unlock is timed too, as cat's is.
     s=$(now)
-    "$IMGFS" mount -d --passphrase-file "$D/pass" "$D/$img.img" "$M" 2>/dev/null
-    dd if="$M/disk" of=/dev/null bs=1M status=none
+    pid=$("$IMGFS" mount -d --passphrase-file "$D/pass" "$D/$img.img" "$M" 2>&1 | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p')
+    ddcpu=$(cpu dd if="$M/disk" bs=1M status=none)
     e=$(now)
     echo "$e - $s" | bc -l >> "$D/t_cold"
+    echo "$(pidcpu "$pid") + $ddcpu" | bc -l >> "$D/c_mount"
     s=$(now); dd if="$M/disk" of=/dev/null bs=1M status=none; e=$(now)
     echo "$e - $s" | bc -l >> "$D/t_warm"
     "$IMGFS" umount "$M"
   done
   c=$(median < "$D/t_cat"); m=$(median < "$D/t_cold"); w=$(median < "$D/t_warm")
-  printf '| %s | %s | %s | %s | %.2f |\n' "$img" "$(mbps "$BYTES" "$c")" "$(mbps "$BYTES" "$m")" "$(mbps "$BYTES" "$w")" "$(echo "$c / $m" | bc -l)"
+  printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f |\n' "$img" "$(mbps "$BYTES" "$c")" "$(mbps "$BYTES" "$m")" "$(mbps "$BYTES" "$w")" \
+    "$(echo "$c / $m" | bc -l)" "$(median < "$D/c_cat")" "$(median < "$D/c_mount")"
 done
 echo
-echo "cold/cat = imgfs cat seconds / mount seconds (1.00 = the mount reads as fast as cat)"
+echo "cold/cat = imgfs cat seconds / mount seconds (1.00 = the mount reads as fast as cat)."
+echo "CPU seconds (medians) are steadier than wall time on a shared machine: they show what the FUSE path costs."
