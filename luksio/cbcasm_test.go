@@ -11,8 +11,8 @@ import (
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
-// TestCBCAsmMatchesStdlib compares the AES-NI CBC decryption with
-// crypto/cipher's CBC decrypter over random keys of every AES size, IVs,
+// TestCBCAsmMatchesStdlib compares the AES-NI CBC decryption and the
+// portable fallback with crypto/cipher's CBC decrypter over random keys of every AES size, IVs,
 // sector sizes and sector numbers, in place and not.
 func TestCBCAsmMatchesStdlib(t *testing.T) {
 	if newFastCBCDecrypter == nil {
@@ -47,6 +47,20 @@ func TestCBCAsmMatchesStdlib(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Fatalf("iter %d %s key %d sector %d: differs from crypto/cipher at byte %d", iter, spec, keyLen, ss, firstDiff(got, want))
 			}
+			// The portable fallback (other CPUs) must agree too.
+			portable, err := NewSectorCipher(spec, key, ss)
+			if err != nil {
+				t.Fatal(err)
+			}
+			portable.fastCBC.close()
+			portable.fastCBC = nil
+			if err := portable.DecryptSectors(got, ct, first); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("iter %d %s: portable CBC differs from crypto/cipher at byte %d", iter, spec, firstDiff(got, want))
+			}
+			portable.Close()
 			inplace := bytes.Clone(ct)
 			if err := c.DecryptSectors(inplace, inplace, first); err != nil {
 				t.Fatal(err)

@@ -20,6 +20,9 @@ func TestKeyIsRedactedAndZeroed(t *testing.T) {
 			t.Errorf("%s prints %q", verb, out)
 		}
 	}
+	if k.String() != "luksio.Key(redacted)" || k.GoString() != "luksio.Key(redacted)" {
+		t.Errorf("String %q GoString %q", k.String(), k.GoString())
+	}
 	if _, err := k.Cipher(); err != nil {
 		t.Fatal(err)
 	}
