@@ -451,6 +451,9 @@ func TestExternalUnmountEndsWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if got, err := os.ReadFile(filepath.Join(dir, DiskName)); err != nil || string(got) != "x" {
+		t.Fatalf("disk = %q, %v; want \"x\"", got, err)
+	}
 	if out, err := exec.Command("fusermount3", "-u", dir).CombinedOutput(); err != nil {
 		t.Fatalf("fusermount3 -u: %v: %s", err, out)
 	}

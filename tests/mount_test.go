@@ -763,6 +763,10 @@ func TestMountSignalWhileBusyDetachesLazily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	buf := make([]byte, 8192)
+	if _, err := f.ReadAt(buf, 4096); err != nil || !bytes.Equal(buf, testimg.RandomBytes(1<<20, 34)[4096:4096+8192]) {
+		t.Fatalf("read through the mount: %v or bytes differ", err)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	rest, _ := io.ReadAll(errs)
 	if err := cmd.Wait(); err != nil {
