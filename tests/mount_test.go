@@ -326,6 +326,12 @@ func TestMountSparseQcow2CopiesSparse(t *testing.T) {
 		t.Errorf("cp --sparse=always copy: size %d, %d bytes allocated; want 1 GiB with a few MiB allocated", size, blocks*unit)
 	}
 	t.Logf("sparse copy: %d of %d bytes allocated", blocks*unit, size)
+
+	// qemu-img reads the mounted disk as a raw image (it probes holes with
+	// SEEK_DATA too) and finds it equal to the original qcow2.
+	back := filepath.Join(dir, "back.qcow2")
+	testimg.QemuImg(t, "convert", "-f", "raw", "-O", "qcow2", disk, back)
+	testimg.QemuImg(t, "compare", "-f", "qcow2", "-F", "qcow2", img, back)
 	unmountAndCheck(t, mnt, pid)
 }
 
