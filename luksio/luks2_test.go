@@ -257,3 +257,30 @@ func TestLUKS2KDFLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestBinaryPassphrase proves that passphrase bytes reach the KDF as they
+// are: cryptsetup takes a key file's bytes raw, newline, NUL and all.
+func TestBinaryPassphrase(t *testing.T) {
+	testimg.Need(t, "cryptsetup")
+	pass := "line one\nline two\x00\xff\xfe tail\n"
+	for _, typ := range []string{"luks1", "luks2"} {
+		t.Run(typ, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bin.img")
+			testimg.CryptsetupFormat(t, path, csImageBytes, pass, append([]string{"--type", typ, "--key-size", "256"}, kdfPBKDF2...)...)
+			f := openFile(t, path)
+			h, err := ReadHeader(f, f.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			k, err := h.Unlock(f, []byte(pass), UnlockOptions{Slot: AnySlot})
+			if err != nil {
+				t.Fatal(err)
+			}
+			k.Close()
+			for _, near := range []string{pass[:len(pass)-1], "line one", strings.ReplaceAll(pass, "\x00", "")} {
+				_, err := h.Unlock(f, []byte(near), UnlockOptions{Slot: AnySlot})
+				wantErr(t, err, ErrWrongPassphrase)
+			}
+		})
+	}
+}
