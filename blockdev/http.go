@@ -430,6 +430,9 @@ func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (
 	}
 	resp, err := h.do(ctx, req, what)
 	if err != nil {
+		if rctx.Err() != nil && ctx.Err() == nil {
+			return -1, &transientError{err: fmt.Errorf("%s: %s: no answer within %s", h.name, what, h.opts.RequestTimeout)}
+		}
 		return -1, err
 	}
 	switch resp.StatusCode {
@@ -476,6 +479,9 @@ func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (
 	}
 	n, err := io.ReadFull(resp.Body, p)
 	h.c.bytes.Add(int64(n))
+	if err != nil && rctx.Err() != nil && ctx.Err() == nil {
+		return -1, &transientError{err: fmt.Errorf("%s: %s: body not complete within %s (%d of %d bytes)", h.name, what, h.opts.RequestTimeout, n, len(p))}
+	}
 	if err != nil {
 		return -1, &transientError{err: fmt.Errorf("%s: %s: short body (%d of %d bytes): %v", h.name, what, n, len(p), err)}
 	}

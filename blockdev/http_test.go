@@ -547,3 +547,32 @@ func TestParseContentRange(t *testing.T) {
 		}
 	}
 }
+
+// A server that does not answer in time is asked again.
+func TestHTTPTimeoutRetried(t *testing.T) {
+	data := testData(1<<20, 12)
+	srv, reqs := faultServer(t, data, func(n int64) fault {
+		if n == 0 {
+			return func(w http.ResponseWriter, r *http.Request, s http.Handler) bool {
+				select {
+				case <-time.After(2 * time.Second):
+				case <-r.Context().Done():
+				}
+				return true
+			}
+		}
+		return nil
+	})
+	h, err := OpenHTTP(context.Background(), srv.URL, HTTPOptions{Size: int64(len(data)), Retry: fastRetry, RequestTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	buf := make([]byte, 5000)
+	if _, err := h.ReadAt(buf, 100); err != nil || !bytes.Equal(buf, data[100:5100]) {
+		t.Fatalf("read: %v", err)
+	}
+	if h.Stats().Retries != 1 || reqs.Load() != 2 {
+		t.Fatalf("stats %+v, %d requests", h.Stats(), reqs.Load())
+	}
+}
