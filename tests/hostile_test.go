@@ -261,11 +261,13 @@ func TestHostileBaseImagesOpen(t *testing.T) {
 		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 8192, Seed: 1}, {Off: 2 << 20, Len: 4096, Seed: 2}}}})
 	bomb, plain := testimg.MakeQcow2(t, dir, "bomb-base.qcow2", testimg.QcowImage{Size: 8 << 20, Options: "cluster_size=2097152",
 		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 2 << 20, Compressed: true, Seed: 3}}}})
+	ql, qlPlain := testimg.MakeQcow2(t, dir, "base-luks.qcow2", testimg.QcowImage{Size: 4 << 20, Passphrase: hostile.Pass,
+		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 64 << 10, Seed: 4}}}})
 	for _, c := range []struct {
 		path string
 		key  bool
 	}{
-		{qb, false}, {bomb, false},
+		{qb, false}, {bomb, false}, {ql, true},
 		{hostile.LUKS1Base(t, dir), true},
 		{hostile.LUKS2Base(t, dir, "base.luks2", 4<<20), true},
 		{hostile.LUKS2Base(t, dir, "base-4m.luks2", 12<<20, "--luks2-metadata-size", "4m", "--offset", "20480"), true},
@@ -280,6 +282,9 @@ func TestHostileBaseImagesOpen(t *testing.T) {
 		}
 		if c.path == bomb && !bytes.Equal(r.stdout, plain) {
 			t.Fatal("bomb base: cat differs from the plaintext written")
+		}
+		if c.path == ql && !bytes.Equal(r.stdout, qlPlain) {
+			t.Fatal("qcow2+LUKS base: cat differs from the plaintext written")
 		}
 		pass := ""
 		if c.key {
