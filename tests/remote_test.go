@@ -227,3 +227,30 @@ func TestGlanceWithoutRangeSupportStreams(t *testing.T) {
 		t.Fatalf("%d requests: the image should stream once (probe, 400, GET)", n.Load())
 	}
 }
+
+// Resets and 503s between imgfs and the real Glance: the plaintext still
+// comes out exact.
+func TestGlanceThroughFaultyNetwork(t *testing.T) {
+	tc := needCloud(t)
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(3<<20, 45)
+	img := testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", testPassphrase, false)
+	id := tc.uploadImage(t, "qcow2", nil, img)
+	file, _ := url.Parse(tc.fileURL(id))
+	proxy, _ := faultProxy(t, file.Scheme+"://"+file.Host, tc.cloud.Provider.Token(), func(i int64, w http.ResponseWriter, r *http.Request) bool {
+		switch i % 4 {
+		case 1:
+			hijackClose(w, true)
+			return true
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	r := runImgfs(t, nil, "cat", "--stats", "--block-size", "256K", "--passphrase-file", passFile(t, dir, testPassphrase), proxy+file.Path)
+	if r.code != 0 || !bytes.Equal(r.stdout, plain) {
+		t.Fatalf("exit %d, %d bytes, %s", r.code, len(r.stdout), r.stderr)
+	}
+	t.Logf("%s", r.stderr)
+}
