@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -120,6 +121,10 @@ func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length
 		}
 	}
 	wg.Wait()
+	if err == nil && pos < length {
+		// The producer stopped early: the caller's context was cancelled.
+		err = fmt.Errorf("copy stopped at %d of %d bytes: %w", pos, length, context.Cause(ctx))
+	}
 	if err == nil && sparse {
 		err = out.Truncate(length)
 	}
