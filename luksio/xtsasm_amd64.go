@@ -88,6 +88,9 @@ func newAESNIXTS(key []byte) fastXTS {
 	return x
 }
 
+// cryptSectors implements fastXTS with the widest variant that x.impl
+// allows and the sector size fits; it panics on lengths that the caller
+// (SectorCipher.crypt) has already rejected.
 func (x *aesniXTS) cryptSectors(dst, src []byte, sectorSize int, sector, step, ivMask uint64, encrypt bool) {
 	if sectorSize <= 0 || sectorSize%128 != 0 || len(src)%sectorSize != 0 || len(dst) < len(src) {
 		panic("luksio: aesniXTS.cryptSectors: bad sector size or buffer lengths")
@@ -110,6 +113,7 @@ func (x *aesniXTS) cryptSectors(dst, src []byte, sectorSize int, sector, step, i
 	}
 }
 
+// close implements fastXTS: it zeroes the round keys.
 func (x *aesniXTS) close() {
 	clear(x.ek[:])
 	clear(x.dk[:])
