@@ -72,6 +72,9 @@ func main() {
 //	R12 groups left / scratch  R13 rounds*16 (offset of the last round key)
 //	X0-X7 eight blocks         X8  round key
 //	X9  current tweak          X10 xtsGF<>    X11 scratch
+//	X12 the encrypted IV (first tweak) of the next sector, computed ahead
+//	    so that its serial rounds overlap with the current sector's blocks
+//	X13 tweak round key
 //
 // The eight tweaks of a group are kept at 0(SP)..112(SP) for the final XOR.
 func gen(name, op, opLast, keyName string) {
@@ -95,28 +98,12 @@ func gen(name, op, opLast, keyName string) {
 	p("\tTESTQ DX, DX")
 	p("\tJZ %s_done", name)
 	p("")
+	tweakSSE(name + "_tw0")
+	p("")
 	p("%s_sector:", name)
-	p("\t// Tweak = AES-encrypt(tweak key, IV); the IV is the masked sector number, little-endian.")
-	p("\tMOVQ R8, R12")
-	p("\tANDQ R10, R12")
-	p("\tMOVQ R12, X9")
-	p("\tMOVOU (BX), X8")
-	p("\tPXOR X8, X9")
-	for r := 1; r <= 13; r++ {
-		switch r {
-		case 10:
-			p("\tCMPQ R11, $10")
-			p("\tJEQ %s_tweaklast", name)
-		case 12:
-			p("\tCMPQ R11, $12")
-			p("\tJEQ %s_tweaklast", name)
-		}
-		p("\tMOVOU %d(BX), X8", 16*r)
-		p("\tAESENC X8, X9")
-	}
-	p("%s_tweaklast:", name)
-	p("\tMOVOU (BX)(R13*1), X8")
-	p("\tAESENCLAST X8, X9")
+	p("\tMOVOU X12, X9")
+	p("\tADDQ R9, R8")
+	tweakSSE(name + "_tw")
 	p("\tMOVQ DX, R12")
 	p("")
 	p("%s_group:", name)
@@ -163,13 +150,12 @@ func gen(name, op, opLast, keyName string) {
 	p("\tDECQ R12")
 	p("\tJNZ %s_group", name)
 	p("")
-	p("\tADDQ R9, R8")
 	p("\tDECQ CX")
 	p("\tJNZ %s_sector", name)
 	p("")
 	p("%s_done:", name)
 	p("\t// Leave no key-dependent data in vector registers or on the stack.")
-	for i := 0; i <= 11; i++ {
+	for i := 0; i <= 13; i++ {
 		p("\tPXOR X%d, X%d", i, i)
 	}
 	for i := 0; i < 8; i++ {
@@ -459,4 +445,29 @@ func mulXn2(src, dst string, n int) {
 	p("\tVPCLMULQDQ $0x00, xtsGF4<>(SB), Y10, Y10")
 	p("\tVPXOR Y10, %s, %s", dst, dst)
 	p("\tVPXOR Y11, %s, %s", dst, dst)
+}
+
+// tweakSSE writes X12 = AES-encrypt(tweak key, IV) where the IV is the
+// sector number R8 masked with R10, little-endian (AES-NI, SSE encoding).
+func tweakSSE(label string) {
+	p("\tMOVQ R8, R12")
+	p("\tANDQ R10, R12")
+	p("\tMOVQ R12, X12")
+	p("\tMOVOU (BX), X13")
+	p("\tPXOR X13, X12")
+	for r := 1; r <= 13; r++ {
+		switch r {
+		case 10:
+			p("\tCMPQ R11, $10")
+			p("\tJEQ %s_last", label)
+		case 12:
+			p("\tCMPQ R11, $12")
+			p("\tJEQ %s_last", label)
+		}
+		p("\tMOVOU %d(BX), X13", 16*r)
+		p("\tAESENC X13, X12")
+	}
+	p("%s_last:", label)
+	p("\tMOVOU (BX)(R13*1), X13")
+	p("\tAESENCLAST X13, X12")
 }
