@@ -163,10 +163,7 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	if ps := c.opts.SmallReadSize; ps > 0 && int64(n) <= ps && off/ps == (off+int64(n)-1)/ps && c.isolated(off) {
 		units = []*cblock{c.get(off/ps, true, false)}
 	} else {
-		units = make([]*cblock, 0, last-first+1)
-		for i := first; i <= last; i++ {
-			units = append(units, c.get(i, false, false))
-		}
+		units = c.getRange(first, last, false)
 	}
 	c.readAhead(off, int64(n), last)
 	done := 0
@@ -235,14 +232,39 @@ func (c *Cache) readAhead(off, n, last int64) {
 		ahead = min(int64(c.opts.ReadAhead), c.seqBytes/bs)
 	}
 	c.mu.Unlock()
-	for i := last + 1; i <= last+ahead && i < c.nblocks; i++ {
-		c.get(i, false, true)
+	if ahead == 0 || last+1 >= c.nblocks {
+		return
+	}
+	// Fetch in batches: only once half of the window is missing, so that
+	// the missing blocks go out as a few large requests, not one each.
+	end := min(last+ahead, c.nblocks-1)
+	missing := int64(0)
+	c.mu.Lock()
+	for i := last + 1; i <= end; i++ {
+		if _, ok := c.blocks[i]; !ok {
+			missing++
+		}
+	}
+	c.mu.Unlock()
+	if missing*2 >= end-last || end == c.nblocks-1 {
+		c.getRange(last+1, end, true)
 	}
 }
 
 // get returns block (or piece) idx, starting its fetch if nobody has.
 func (c *Cache) get(idx int64, piece, prefetch bool) *cblock {
+	b, created := c.claim(idx, piece, prefetch)
+	if created {
+		go c.load([]*cblock{b})
+	}
+	return b
+}
+
+// claim returns block (or piece) idx and whether the caller created it
+// and must load it.
+func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	m := c.mapFor(piece)
 	if b, ok := m[idx]; ok {
 		if !prefetch {
@@ -251,8 +273,7 @@ func (c *Cache) get(idx int64, piece, prefetch bool) *cblock {
 		if b.elem != nil {
 			c.lru.MoveToFront(b.elem)
 		}
-		c.mu.Unlock()
-		return b
+		return b, false
 	}
 	b := &cblock{idx: idx, piece: piece, ready: make(chan struct{})}
 	m[idx] = b
@@ -261,25 +282,70 @@ func (c *Cache) get(idx int64, piece, prefetch bool) *cblock {
 	} else {
 		c.c.misses.Add(1)
 	}
-	c.mu.Unlock()
-	go c.load(b)
-	return b
+	return b, true
 }
 
-// load fetches one block with at most Parallel fetches at a time.
-func (c *Cache) load(b *cblock) {
+// maxRunBytes bounds one request for consecutive missing blocks.
+const maxRunBytes = 8 << 20
+
+// getRange returns blocks [first, last], loading the missing ones with one
+// request per run of consecutive missing blocks (at most maxRunBytes):
+// fewer, larger requests for sequential readers.
+func (c *Cache) getRange(first, last int64, prefetch bool) []*cblock {
+	out := make([]*cblock, 0, last-first+1)
+	maxRun := max(1, maxRunBytes/c.opts.BlockSize)
+	var run []*cblock
+	flush := func() {
+		if len(run) > 0 {
+			go c.load(run)
+			run = nil
+		}
+	}
+	for i := first; i <= last; i++ {
+		b, created := c.claim(i, false, prefetch)
+		out = append(out, b)
+		if !created {
+			flush()
+			continue
+		}
+		run = append(run, b)
+		if int64(len(run)) >= maxRun {
+			flush()
+		}
+	}
+	flush()
+	return out
+}
+
+// load fetches a run of consecutive units with one read, at most Parallel
+// reads at a time.
+func (c *Cache) load(run []*cblock) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-c.ctx.Done():
-		c.finish(b, nil, errSourceClosed)
+		for _, b := range run {
+			c.finish(b, nil, errSourceClosed)
+		}
 		return
 	}
-	u := c.unit(b.piece)
-	start := b.idx * u
-	buf := make([]byte, min(u, c.size-start))
+	u := c.unit(run[0].piece)
+	start := run[0].idx * u
+	end := min((run[len(run)-1].idx+1)*u, c.size)
+	buf := make([]byte, end-start)
 	err := ReadFull(c.d, buf, start)
 	<-c.sem
-	c.finish(b, buf, err)
+	for _, b := range run {
+		if err != nil {
+			c.finish(b, nil, err)
+			continue
+		}
+		lo := b.idx*u - start
+		data := buf[lo:min(lo+u, int64(len(buf)))]
+		if len(run) > 1 {
+			data = bytes.Clone(data) // each block is evicted on its own
+		}
+		c.finish(b, data, nil)
+	}
 }
 
 func (c *Cache) finish(b *cblock, data []byte, err error) {

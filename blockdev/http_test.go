@@ -162,6 +162,11 @@ func TestCacheReadAheadAndBound(t *testing.T) {
 	if s.ReadAhead == 0 {
 		t.Fatalf("no read-ahead: %+v", s)
 	}
+	// consecutive missing blocks go out as one request
+	if blocks := int64(len(data)) / (256 << 10); s.Requests > blocks*2/3 {
+		t.Fatalf("%d requests for %d blocks: runs are not coalesced (%+v)", s.Requests, blocks, s)
+	}
+	t.Logf("%+v", s)
 	if s.BytesFetched > int64(len(data))+4*(256<<10) {
 		t.Fatalf("fetched %d bytes for %d", s.BytesFetched, len(data))
 	}
