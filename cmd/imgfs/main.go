@@ -43,8 +43,10 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "imgfs",
 		Usage: "read encrypted OpenStack images (raw, qcow2, LUKS, qcow2+LUKS) lazily, decrypted in user space",
-		Description: "SOURCE is a local file. Keys are never taken from the command line: use\n" +
-			"--passphrase-file (- for stdin) or --key-file (binary key, hex-encoded as OpenStack does).",
+		Description: "SOURCE is a local file, an http(s):// URL, or a Glance image id (glance:ID).\n" +
+			"Keys are never taken from the command line: use\n" +
+			"--passphrase-file (- for stdin), --key-file (binary key, hex-encoded as OpenStack does)\n" +
+			"or Barbican (--key-id, else the image's os_encrypt_key_id).",
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints errors once
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
