@@ -37,6 +37,8 @@ import (
 const (
 	DiskName      = "disk"
 	EncryptedName = "encrypted"
+	// RawLUKSName is the disk as a raw LUKS volume the same key opens.
+	RawLUKSName   = "disk.luks"
 	ImageJSONName = "image.json"
 )
 
@@ -83,6 +85,9 @@ type Options struct {
 	// Encrypted is the ciphertext as stored; nil if the image is not
 	// encrypted (then there is no "encrypted" file).
 	Encrypted blockdev.Device
+	// RawLUKS is the disk as a raw LUKS volume (disk.luks) for streaming into
+	// an encrypted volume; nil if the image is not encrypted.
+	RawLUKS blockdev.Device
 	// ImageJSON is the content of image.json. It must hold no key material.
 	ImageJSON []byte
 	// AllowOther lets other users see the mount (allow_other) and makes the
@@ -152,6 +157,9 @@ func Mount(dir string, opts Options) (*Server, error) {
 	root.files = append(root.files, namedFile{DiskName, newFile(DiskName, opts.Disk, opts.DiskAllocated)})
 	if opts.Encrypted != nil {
 		root.files = append(root.files, namedFile{EncryptedName, newFile(EncryptedName, opts.Encrypted, 0)})
+	}
+	if opts.RawLUKS != nil {
+		root.files = append(root.files, namedFile{RawLUKSName, newFile(RawLUKSName, opts.RawLUKS, 0)})
 	}
 	root.files = append(root.files, namedFile{ImageJSONName, newFile(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0)})
 

@@ -115,26 +115,33 @@ func exportAction(c *cli.Context) error {
 		}
 		return writeQcow2File(c.Context, img.Disk, outPath, mode, "export "+filepath.Base(spec), wopts)
 	}
-	var d blockdev.Device
-	switch {
-	case to == exportRaw:
-		d = img.Disk
-	case img.Info.Format == image.FormatLUKS:
-		d = img.Stored
-	case !img.Info.Encrypted:
-		return fmt.Errorf("%s: export --to luks: the image is not encrypted; use `imgfs encrypt --format luks` to make a new LUKS volume", spec)
-	default:
-		q, ok := img.Disk.(*qcowio.Image)
-		if !ok || q.LUKSArea() == nil || q.SectorCipher() == nil {
-			return fmt.Errorf("%s: export --to luks: no usable LUKS header in the qcow2 image: %w", spec, blockdev.ErrCorrupt)
+	d := img.Disk
+	if to != exportRaw {
+		if d, err = rawLUKSView(img); err != nil {
+			return fmt.Errorf("%s: export --to luks: %w", spec, err)
 		}
-		view, err := luksio.NewRawView(q, q.LUKSArea(), q.SectorCipher())
-		if err != nil {
-			return fmt.Errorf("%s: %w", spec, err)
-		}
-		d = view
 	}
 	return writeDevice(c.Context, d, outPath, mode, "export "+filepath.Base(spec))
+}
+
+// errNotEncrypted explains why an unencrypted image has no raw-LUKS view.
+var errNotEncrypted = errors.New("the image is not encrypted; use `imgfs encrypt --format luks` to make a new LUKS volume")
+
+// rawLUKSView returns the image as a raw LUKS volume that the same key opens:
+// a raw LUKS image as stored, a qcow2+LUKS image re-encrypted in memory to the
+// raw layout under a copy of its LUKS header and keyslots.
+func rawLUKSView(img *image.Image) (blockdev.Device, error) {
+	switch {
+	case img.Info.Format == image.FormatLUKS:
+		return img.Stored, nil
+	case !img.Info.Encrypted:
+		return nil, errNotEncrypted
+	}
+	q, ok := img.Disk.(*qcowio.Image)
+	if !ok || q.LUKSArea() == nil || q.SectorCipher() == nil {
+		return nil, fmt.Errorf("no usable LUKS header in the qcow2 image: %w", blockdev.ErrCorrupt)
+	}
+	return luksio.NewRawView(q, q.LUKSArea(), q.SectorCipher())
 }
 
 // qcow2Encryption returns the LUKS area and cipher that keep an encrypted

@@ -104,6 +104,9 @@ func mountAction(c *cli.Context) error {
 	}
 	if img.Info != nil && img.Info.Encrypted {
 		opts.Encrypted = img.Stored
+		if opts.RawLUKS, err = rawLUKSView(img); err != nil {
+			return fmt.Errorf("%s: disk.luks: %w", spec, err)
+		}
 	}
 	if img.Info != nil && img.Info.Qcow2 != nil {
 		opts.DiskAllocated = img.Info.Qcow2.AllocatedBytes
