@@ -56,8 +56,11 @@ type Cache struct {
 	pieces   map[int64]*cblock // SmallReadSize units for isolated small reads
 	lru      list.List         // of *cblock with data, most recent in front
 	used     int64
-	lastEnd  int64 // end of the previous read
-	seqBytes int64 // bytes read by the current sequential run
+	free     [][]byte // evicted block buffers for reuse (fresh memory is slow to fault in)
+	lastEnd  int64    // end of the previous read
+	seqBytes int64    // bytes read by the current sequential run
+
+	runPool sync.Pool // *[maxRunBytes]byte buffers for multi-block requests
 
 	vmu     sync.Mutex
 	vhash   hash.Hash
@@ -74,6 +77,10 @@ type cblock struct {
 	data  []byte
 	err   error
 	elem  *list.Element
+	// refs counts readers copying from data; an evicted block's buffer is
+	// reused only once the last of them is done.
+	refs    int
+	evicted bool
 }
 
 // NewCache puts a block cache in front of d.
@@ -106,6 +113,7 @@ func NewCache(d Device, opts CacheOptions) (*Cache, error) {
 	}
 	c := &Cache{d: d, opts: opts, size: d.Size(), sem: make(chan struct{}, opts.Parallel),
 		blocks: map[int64]*cblock{}, pieces: map[int64]*cblock{}}
+	c.runPool.New = func() any { return new([maxRunBytes]byte) }
 	c.nblocks = (c.size + opts.BlockSize - 1) / opts.BlockSize
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
@@ -165,7 +173,15 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	} else {
 		units = c.getRange(first, last, false)
 	}
-	c.readAhead(off, int64(n), last)
+	sequential := c.readAhead(off, int64(n), last)
+	dropBefore := int64(-1)
+	if sequential && c.vhash == nil {
+		// Drop-behind: a sequential reader will not come back to the blocks
+		// it has read past, so their buffers are reused at once instead of
+		// the cache growing to MaxBytes of stale data.
+		dropBefore = (off + int64(n)) / bs
+	}
+	defer c.release(units, dropBefore)
 	done := 0
 	for _, b := range units {
 		select {
@@ -213,9 +229,9 @@ func (c *Cache) mapFor(piece bool) map[int64]*cblock {
 // (parallel readers of consecutive chunks arrive slightly out of order).
 // Read-ahead starts once a run has covered two blocks and grows with the
 // run up to ReadAhead blocks, so scattered header reads fetch nothing extra.
-func (c *Cache) readAhead(off, n, last int64) {
+func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	if c.opts.ReadAhead == 0 {
-		return
+		return false
 	}
 	bs := c.opts.BlockSize
 	window := int64(c.opts.ReadAhead+1) * bs
@@ -228,12 +244,13 @@ func (c *Cache) readAhead(off, n, last int64) {
 		c.lastEnd = off + n
 	}
 	ahead := int64(0)
-	if c.seqBytes >= 2*bs {
+	sequential = c.seqBytes >= 2*bs
+	if sequential {
 		ahead = min(int64(c.opts.ReadAhead), c.seqBytes/bs)
 	}
 	c.mu.Unlock()
 	if ahead == 0 || last+1 >= c.nblocks {
-		return
+		return sequential
 	}
 	// Fetch in batches: only once half of the window is missing, so that
 	// the missing blocks go out as a few large requests, not one each.
@@ -249,6 +266,7 @@ func (c *Cache) readAhead(off, n, last int64) {
 	if missing*2 >= end-last || end == c.nblocks-1 {
 		c.getRange(last+1, end, true)
 	}
+	return sequential
 }
 
 // get returns block (or piece) idx, starting its fetch if nobody has.
@@ -269,6 +287,7 @@ func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 	if b, ok := m[idx]; ok {
 		if !prefetch {
 			c.c.hits.Add(1)
+			b.refs++
 		}
 		if b.elem != nil {
 			c.lru.MoveToFront(b.elem)
@@ -276,6 +295,9 @@ func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 		return b, false
 	}
 	b := &cblock{idx: idx, piece: piece, ready: make(chan struct{})}
+	if !prefetch {
+		b.refs = 1
+	}
 	m[idx] = b
 	if prefetch {
 		c.c.readAhead.Add(1)
@@ -331,7 +353,19 @@ func (c *Cache) load(run []*cblock) {
 	u := c.unit(run[0].piece)
 	start := run[0].idx * u
 	end := min((run[len(run)-1].idx+1)*u, c.size)
-	buf := make([]byte, end-start)
+	var buf []byte
+	var runBuf *[maxRunBytes]byte
+	switch {
+	case run[0].piece:
+		buf = make([]byte, end-start)
+	case len(run) == 1:
+		buf = c.allocBlock(end - start)
+	case end-start <= maxRunBytes:
+		runBuf = c.runPool.Get().(*[maxRunBytes]byte)
+		buf = runBuf[:end-start]
+	default:
+		buf = make([]byte, end-start)
+	}
 	err := ReadFull(c.d, buf, start)
 	<-c.sem
 	for _, b := range run {
@@ -342,10 +376,67 @@ func (c *Cache) load(run []*cblock) {
 		lo := b.idx*u - start
 		data := buf[lo:min(lo+u, int64(len(buf)))]
 		if len(run) > 1 {
-			data = bytes.Clone(data) // each block is evicted on its own
+			// each block is evicted on its own: copy it out of the run
+			data = append(c.allocBlock(int64(len(data)))[:0], data...)
 		}
 		c.finish(b, data, nil)
 	}
+	if err != nil && len(run) == 1 && !run[0].piece {
+		c.recycle(buf)
+	}
+	if runBuf != nil {
+		c.runPool.Put(runBuf)
+	}
+}
+
+// allocBlock returns a buffer of n <= BlockSize bytes, reusing an evicted
+// block's buffer when there is one: on the VMs imgfs runs on, faulting in
+// fresh memory costs more than the network transfer it would hold.
+func (c *Cache) allocBlock(n int64) []byte {
+	c.mu.Lock()
+	if k := len(c.free); k > 0 {
+		b := c.free[k-1]
+		c.free = c.free[:k-1]
+		c.mu.Unlock()
+		return b[:n]
+	}
+	c.mu.Unlock()
+	return make([]byte, n, c.opts.BlockSize)
+}
+
+// recycle keeps a block buffer for reuse. c.mu must not be held.
+func (c *Cache) recycle(b []byte) {
+	c.mu.Lock()
+	c.recycleLocked(b)
+	c.mu.Unlock()
+}
+
+func (c *Cache) recycleLocked(b []byte) {
+	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize/4+1 {
+		c.free = append(c.free, b)
+	}
+}
+
+// release ends the readers' use of units: an evicted block whose last
+// reader is done gives its buffer back. Blocks before index dropBefore are
+// evicted first (drop-behind for sequential readers).
+func (c *Cache) release(units []*cblock, dropBefore int64) {
+	c.mu.Lock()
+	for _, b := range units {
+		if !b.piece && b.idx < dropBefore && b.elem != nil && c.blocks[b.idx] == b {
+			c.lru.Remove(b.elem)
+			b.elem = nil
+			delete(c.blocks, b.idx)
+			c.used -= int64(len(b.data))
+			b.evicted = true
+		}
+		b.refs--
+		if b.refs == 0 && b.evicted && !b.piece && b.data != nil {
+			c.recycleLocked(b.data)
+			b.data = nil
+		}
+	}
+	c.mu.Unlock()
 }
 
 func (c *Cache) finish(b *cblock, data []byte, err error) {
@@ -366,6 +457,11 @@ func (c *Cache) finish(b *cblock, data []byte, err error) {
 				old.elem = nil
 				delete(c.mapFor(old.piece), old.idx)
 				c.used -= int64(len(old.data))
+				old.evicted = true
+				if old.refs == 0 && !old.piece {
+					c.recycleLocked(old.data)
+					old.data = nil
+				}
 			}
 		}
 	}
@@ -386,16 +482,18 @@ func (c *Cache) advanceVerify(wait bool) {
 	}
 	defer c.vmu.Unlock()
 	for c.vnext < c.nblocks {
-		var data []byte
+		var b *cblock
 		c.mu.Lock()
-		if b, ok := c.blocks[c.vnext]; ok {
-			data = b.data
+		if bb, ok := c.blocks[c.vnext]; ok && bb.data != nil {
+			b = bb
+			b.refs++
 		}
 		c.mu.Unlock()
-		if data == nil {
+		if b == nil {
 			return
 		}
-		c.vhash.Write(data)
+		c.vhash.Write(b.data)
+		c.release([]*cblock{b}, -1)
 		c.vnext++
 	}
 }
@@ -423,9 +521,11 @@ func (c *Cache) Verify(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if b.err != nil {
+			c.release([]*cblock{b}, -1)
 			return b.err
 		}
 		c.vhash.Write(b.data)
+		c.release([]*cblock{b}, -1)
 		c.vnext++
 	}
 	c.vdone = true

@@ -1,0 +1,72 @@
+package blockdev
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+)
+
+// A sequential reader leaves behind no more than the read-ahead window:
+// blocks it has read past are dropped and their buffers reused, so the
+// cache does not grow to MaxBytes of data nobody will read again.
+func TestCacheSequentialReaderDropsBehind(t *testing.T) {
+	data := testData(48<<20, 7)
+	srv, _ := fileServer(t, data)
+	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, _ := NewCache(h, CacheOptions{})
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	for off := 0; off < len(data); off += len(buf) {
+		if _, err := c.ReadAt(buf, int64(off)); err != nil || !bytes.Equal(buf, data[off:off+len(buf)]) {
+			t.Fatalf("offset %d: %v or bytes differ", off, err)
+		}
+	}
+	c.mu.Lock()
+	used, free := c.used, len(c.free)
+	c.mu.Unlock()
+	if limit := int64(DefaultReadAhead+2) << 20; used > limit {
+		t.Fatalf("after a 48 MiB sequential read the cache holds %d bytes, want <= %d (drop-behind)", used, limit)
+	}
+	if free == 0 {
+		t.Fatal("no block buffer was kept for reuse")
+	}
+}
+
+// Reused buffers never change bytes a reader is still copying: random and
+// sequential readers on a cache much smaller than the data (so blocks are
+// evicted and recycled all the time) always get the right bytes.
+func TestCacheRecycledBuffersKeepReadsExact(t *testing.T) {
+	data := testData(24<<20, 8)
+	srv, _ := fileServer(t, data)
+	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, _ := NewCache(h, CacheOptions{MaxBytes: 3 << 20, ReadAhead: 2})
+	defer c.Close()
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); checkReads(t, c, data, uint64(100+g), 40) }()
+	}
+	for g := 0; g < 2; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 700<<10)
+			for off := g * 1000; off+len(buf) <= len(data); off += len(buf) {
+				if _, err := c.ReadAt(buf, int64(off)); err != nil || !bytes.Equal(buf, data[off:off+len(buf)]) {
+					t.Errorf("sequential reader %d at %d: %v or bytes differ", g, off, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
