@@ -1,6 +1,10 @@
 package blockdev
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+	"io"
+)
 
 // Section is the byte range [off, off+size) of another Device.
 type Section struct {
@@ -32,3 +36,43 @@ func (s *Section) ReadAt(p []byte, off int64) (int, error) {
 
 // Size returns the length of the section.
 func (s *Section) Size() int64 { return s.size }
+
+// NextData implements Mapper through the device below when it is a Mapper
+// (otherwise the whole section is data).
+func (s *Section) NextData(off int64) (int64, error) {
+	if off < 0 || off >= s.size {
+		return 0, io.EOF
+	}
+	m, ok := s.d.(Mapper)
+	if !ok {
+		return off, nil
+	}
+	next, err := m.NextData(s.off + off)
+	if errors.Is(err, io.EOF) || (err == nil && next >= s.off+s.size) {
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, err
+	}
+	return next - s.off, nil
+}
+
+// NextHole implements Mapper through the device below; the end of the
+// section counts as a hole.
+func (s *Section) NextHole(off int64) (int64, error) {
+	if off < 0 || off >= s.size {
+		return 0, io.EOF
+	}
+	m, ok := s.d.(Mapper)
+	if !ok {
+		return s.size, nil
+	}
+	next, err := m.NextHole(s.off + off)
+	if errors.Is(err, io.EOF) {
+		return s.size, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return min(next, s.off+s.size) - s.off, nil
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
+	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/cmd/imgfs/internal/image"
 )
 
@@ -177,7 +178,11 @@ func catAction(c *cli.Context) error {
 	} else {
 		out = os.Stdout
 	}
-	st, err := copyRange(c.Context, out, img.Disk, off, length, sparse)
+	view, err := blockdev.NewSection(img.Disk, off, length)
+	if err != nil {
+		return fmt.Errorf("%s: %w", spec, err)
+	}
+	st, err := streamDevice(c.Context, out, view, sparse, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)
 	}

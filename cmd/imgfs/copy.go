@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -14,10 +13,10 @@ import (
 	"github.com/imgfs/imgfs/blockdev"
 )
 
-// copyChunk is the unit of the cat pipeline: large enough that the layers
-// below decrypt in parallel and fetch in few requests, small enough to keep
-// memory bounded (copyChunk × queue depth).
-const copyChunk = 4 << 20
+// streamChunk is the unit of the copy pipeline: large enough that the
+// layers below decrypt in parallel and fetch in few requests, small enough
+// to keep memory bounded (streamChunk × queue depth).
+const streamChunk = 4 << 20
 
 type copyStats struct {
 	written, holes int64
@@ -31,153 +30,131 @@ func (s copyStats) rate() float64 {
 	return float64(s.written) / s.elapsed.Seconds()
 }
 
-type chunk struct {
-	off  int64 // offset in the device
+// streamChunkBuf is a pooled chunk buffer.
+type streamChunkBuf = [streamChunk]byte
+
+// piece is one chunk of the pipeline, filled by a worker.
+type piece struct {
+	off  int64
 	n    int
-	buf  []byte
+	buf  *streamChunkBuf
 	hole bool
 	err  error
 	done chan struct{}
 }
 
-// copyRange writes [off, off+length) of d to out. Reads run ahead of the
-// writer on several goroutines so that fetching, decryption and writing
-// overlap; chunks are written strictly in order. When sparse is set, out is
-// a regular file: holes (from the device's data map, or all-zero chunks) are
-// skipped with WriteAt offsets and the file is truncated to its length.
-func copyRange(ctx context.Context, out *os.File, d blockdev.Device, off, length int64, sparse bool) (copyStats, error) {
+// streamDevice copies d to out in order while several goroutines read
+// ahead (fetch, decrypt and re-encrypt overlap). When sparse is set, out is
+// a fresh regular file: holes (from the device's data map, or all-zero
+// chunks) are skipped and the file is truncated to d's size. Buffers are
+// zeroed before reuse so plaintext does not linger.
+func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse bool, prog *progress) (copyStats, error) {
 	start := time.Now()
 	var st copyStats
+	size := d.Size()
 	workers := max(2, runtime.GOMAXPROCS(0))
-	depth := workers + 2
 	mapper, _ := d.(blockdev.Mapper)
-
-	pool := sync.Pool{New: func() any { return new([copyChunk]byte) }}
-	var hint holeHint
-	work := make(chan *chunk, depth)
-	ordered := make(chan *chunk, depth)
+	pool := sync.Pool{New: func() any { return new(streamChunkBuf) }}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	work := make(chan *piece, workers+2)
+	ordered := make(chan *piece, workers+2)
 
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ch := range work {
-				fillChunk(ch, d, mapper, &hint, &pool)
-				close(ch.done)
+		wg.Go(func() {
+			for pc := range work {
+				fillPiece(pc, d, mapper, &pool)
+				close(pc.done)
 			}
-		}()
+		})
 	}
 	go func() {
 		defer close(ordered)
 		defer close(work)
-		for pos := int64(0); pos < length; {
-			n := int(min(int64(copyChunk), length-pos))
-			ch := &chunk{off: off + pos, n: n, done: make(chan struct{})}
+		for off := int64(0); off < size; {
+			n := int(min(streamChunk, size-off))
+			pc := &piece{off: off, n: n, done: make(chan struct{})}
 			select {
-			case ordered <- ch:
+			case ordered <- pc:
 			case <-ctx.Done():
 				return
 			}
-			work <- ch
-			pos += int64(n)
+			work <- pc
+			off += int64(n)
 		}
 	}()
 
 	var zeros []byte
 	var err error
-	pos := int64(0)
-	for ch := range ordered {
-		<-ch.done
+	var done int64
+	for pc := range ordered {
+		<-pc.done
 		if err == nil {
-			err = ch.err
+			err = pc.err
+		}
+		if err == nil {
+			err = ctx.Err()
 		}
 		if err == nil {
 			switch {
-			case ch.hole && sparse:
-				st.holes += int64(ch.n)
-			case ch.hole:
+			case pc.hole && sparse:
+				st.holes += int64(pc.n)
+			case pc.hole:
 				if zeros == nil {
-					zeros = make([]byte, copyChunk)
+					zeros = make([]byte, streamChunk)
 				}
-				_, err = out.Write(zeros[:ch.n])
+				_, err = out.Write(zeros[:pc.n])
 			case sparse:
-				_, err = out.WriteAt(ch.buf[:ch.n], pos)
+				_, err = out.WriteAt(pc.buf[:pc.n], pc.off)
 			default:
-				_, err = out.Write(ch.buf[:ch.n])
+				_, err = out.Write(pc.buf[:pc.n])
 			}
 			if err == nil {
-				st.written += int64(ch.n)
+				prog.Add(int64(pc.n))
+				st.written += int64(pc.n)
 			}
 		}
-		if ch.buf != nil {
-			pool.Put((*[copyChunk]byte)(ch.buf))
+		if pc.buf != nil {
+			clear(pc.buf[:])
+			pool.Put(pc.buf)
 		}
-		pos += int64(ch.n)
 		if err != nil {
 			cancel()
 		}
+		done += int64(pc.n)
 	}
 	wg.Wait()
-	if err == nil && pos < length {
+	if err == nil && done != size {
 		// The producer stopped early: the caller's context was cancelled.
-		err = fmt.Errorf("copy stopped at %d of %d bytes: %w", pos, length, context.Cause(ctx))
+		err = ctx.Err()
+		if err == nil {
+			err = fmt.Errorf("copied %d of %d bytes", done, size)
+		}
 	}
 	if err == nil && sparse {
-		err = out.Truncate(length)
+		err = out.Truncate(size)
 	}
 	st.elapsed = time.Since(start)
 	return st, err
 }
 
-// holeHint remembers the last answer of the data map: no data in
-// [from, next). Without it every chunk of a long hole would scan the map to
-// the hole's end again (quadratic: a 1 TiB sparse disk took many minutes).
-type holeHint struct {
-	mu         sync.Mutex
-	from, next int64
-}
-
-func (h *holeHint) covers(off, end int64) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.from <= off && end <= h.next
-}
-
-func (h *holeHint) set(from, next int64) {
-	h.mu.Lock()
-	h.from, h.next = from, next
-	h.mu.Unlock()
-}
-
-// fillChunk reads one chunk, or marks it a hole without reading.
-func fillChunk(ch *chunk, d blockdev.Device, mapper blockdev.Mapper, hint *holeHint, pool *sync.Pool) {
-	end := ch.off + int64(ch.n)
+// fillPiece reads one chunk, or marks it a hole without reading.
+func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, pool *sync.Pool) {
+	end := pc.off + int64(pc.n)
 	if mapper != nil {
-		if hint.covers(ch.off, end) {
-			ch.hole = true
-			return
-		}
-		next, err := mapper.NextData(ch.off)
-		if errors.Is(err, io.EOF) {
-			next = math.MaxInt64
-		}
+		next, err := mapper.NextData(pc.off)
 		if errors.Is(err, io.EOF) || (err == nil && next >= end) {
-			hint.set(ch.off, next)
-			ch.hole = true
+			pc.hole = true
 			return
 		}
 	}
-	ch.buf = pool.Get().(*[copyChunk]byte)[:]
-	if err := blockdev.ReadFull(d, ch.buf[:ch.n], ch.off); err != nil {
-		ch.err = err
+	pc.buf = pool.Get().(*streamChunkBuf)
+	if err := blockdev.ReadFull(d, pc.buf[:pc.n], pc.off); err != nil {
+		pc.err = err
 		return
 	}
-	if allZero(ch.buf[:ch.n]) {
-		ch.hole = true
-	}
+	pc.hole = allZero(pc.buf[:pc.n])
 }
 
 func allZero(b []byte) bool {

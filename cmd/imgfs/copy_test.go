@@ -31,21 +31,22 @@ func TestCopyRangeCancelledIsAnError(t *testing.T) {
 	defer out.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := copyRange(ctx, out, dev, 0, dev.Size(), true); err == nil {
+	if _, err := streamDevice(ctx, out, dev, true, nil); err == nil {
 		t.Fatal("a cancelled copy reported success")
 	}
 }
 
 func TestCopyRangeSparseAndExact(t *testing.T) {
-	dev := make(memDevice, 3*copyChunk+1234)
-	copy(dev[copyChunk+17:], bytes.Repeat([]byte("data"), 1000))
+	dev := make(memDevice, 3*streamChunk+1234)
+	copy(dev[streamChunk+17:], bytes.Repeat([]byte("data"), 1000))
 	dev[len(dev)-1] = 9
 	p := filepath.Join(t.TempDir(), "out")
 	out, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := copyRange(context.Background(), out, dev, 5, dev.Size()-5, true)
+	view, _ := blockdev.NewSection(dev, 5, dev.Size()-5)
+	st, err := streamDevice(context.Background(), out, view, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -29,8 +26,6 @@ const (
 )
 
 // streamChunk is the unit of the export pipeline; memory stays bounded at
-// streamChunk × (workers + 2).
-const streamChunk = 4 << 20
 
 func exportCommand() *cli.Command {
 	return &cli.Command{
@@ -214,9 +209,10 @@ func writeDevice(ctx context.Context, d blockdev.Device, path, mode, what string
 	prog := startProgress(mode, what, d.Size(), os.Stderr)
 	defer func() { prog.Finish(err) }()
 	if path == "" || path == "-" {
-		return streamDevice(ctx, os.Stdout, d, false, prog)
+		_, err := streamDevice(ctx, os.Stdout, d, false, prog)
+		return err
 	}
-	return writeAtomically(path, func(f *os.File) error { return streamDevice(ctx, f, d, true, prog) })
+	return writeAtomically(path, func(f *os.File) error { _, err := streamDevice(ctx, f, d, true, prog); return err })
 }
 
 // writeQcow2File writes the plaintext disk d as a qcow2 image (encrypted
@@ -274,126 +270,4 @@ func writeAtomically(path string, fill func(*os.File) error) (err error) {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-// streamChunkBuf is a pooled chunk buffer.
-type streamChunkBuf = [streamChunk]byte
-
-// piece is one chunk of the pipeline, filled by a worker.
-type piece struct {
-	off  int64
-	n    int
-	buf  *streamChunkBuf
-	hole bool
-	err  error
-	done chan struct{}
-}
-
-// streamDevice copies d to out in order while several goroutines read
-// ahead (fetch, decrypt and re-encrypt overlap). When sparse is set, out is
-// a fresh regular file: holes (from the device's data map, or all-zero
-// chunks) are skipped and the file is truncated to d's size. Buffers are
-// zeroed before reuse so plaintext does not linger.
-func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse bool, prog *progress) error {
-	size := d.Size()
-	workers := max(2, runtime.GOMAXPROCS(0))
-	mapper, _ := d.(blockdev.Mapper)
-	pool := sync.Pool{New: func() any { return new(streamChunkBuf) }}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	work := make(chan *piece, workers+2)
-	ordered := make(chan *piece, workers+2)
-
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for pc := range work {
-				fillPiece(pc, d, mapper, &pool)
-				close(pc.done)
-			}
-		})
-	}
-	go func() {
-		defer close(ordered)
-		defer close(work)
-		for off := int64(0); off < size; {
-			n := int(min(streamChunk, size-off))
-			pc := &piece{off: off, n: n, done: make(chan struct{})}
-			select {
-			case ordered <- pc:
-			case <-ctx.Done():
-				return
-			}
-			work <- pc
-			off += int64(n)
-		}
-	}()
-
-	var zeros []byte
-	var err error
-	var done int64
-	for pc := range ordered {
-		<-pc.done
-		if err == nil {
-			err = pc.err
-		}
-		if err == nil {
-			err = ctx.Err()
-		}
-		if err == nil {
-			switch {
-			case pc.hole && sparse:
-			case pc.hole:
-				if zeros == nil {
-					zeros = make([]byte, streamChunk)
-				}
-				_, err = out.Write(zeros[:pc.n])
-			case sparse:
-				_, err = out.WriteAt(pc.buf[:pc.n], pc.off)
-			default:
-				_, err = out.Write(pc.buf[:pc.n])
-			}
-			if err == nil {
-				prog.Add(int64(pc.n))
-			}
-		}
-		if pc.buf != nil {
-			clear(pc.buf[:])
-			pool.Put(pc.buf)
-		}
-		if err != nil {
-			cancel()
-		}
-		done += int64(pc.n)
-	}
-	wg.Wait()
-	if err == nil && done != size {
-		// The producer stopped early: the caller's context was cancelled.
-		err = ctx.Err()
-		if err == nil {
-			err = fmt.Errorf("copied %d of %d bytes", done, size)
-		}
-	}
-	if err == nil && sparse {
-		err = out.Truncate(size)
-	}
-	return err
-}
-
-// fillPiece reads one chunk, or marks it a hole without reading.
-func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, pool *sync.Pool) {
-	end := pc.off + int64(pc.n)
-	if mapper != nil {
-		next, err := mapper.NextData(pc.off)
-		if errors.Is(err, io.EOF) || (err == nil && next >= end) {
-			pc.hole = true
-			return
-		}
-	}
-	pc.buf = pool.Get().(*streamChunkBuf)
-	if err := blockdev.ReadFull(d, pc.buf[:pc.n], pc.off); err != nil {
-		pc.err = err
-		return
-	}
-	pc.hole = allZero(pc.buf[:pc.n])
 }

@@ -40,7 +40,7 @@ func TestStreamDeviceCopiesAndCounts(t *testing.T) {
 			t.Fatal(err)
 		}
 		prog := startProgress(progressJSON, "test", int64(len(data)), &log)
-		err = streamDevice(context.Background(), f, exportMemDev(data), sparse, prog)
+		_, err = streamDevice(context.Background(), f, exportMemDev(data), sparse, prog)
 		prog.Finish(err)
 		if err != nil {
 			t.Fatal(err)
@@ -69,7 +69,7 @@ func TestStreamDeviceCancelled(t *testing.T) {
 			t.Fatal(err)
 		}
 		prog := startProgress(progressOff, "test", 0, nil)
-		err = streamDevice(ctx, f, exportMemDev(make([]byte, 20*streamChunk)), true, prog)
+		_, err = streamDevice(ctx, f, exportMemDev(make([]byte, 20*streamChunk)), true, prog)
 		f.Close()
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("cancelled copy: %v", err)

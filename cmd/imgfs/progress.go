@@ -112,7 +112,11 @@ func startProgress(mode, what string, total int64, w io.Writer) *progress {
 }
 
 // Add counts n more bytes done.
-func (p *progress) Add(n int64) { p.done.Add(n) }
+func (p *progress) Add(n int64) {
+	if p != nil {
+		p.done.Add(n)
+	}
+}
 
 // Finish stops the reports and prints the final one (done or error).
 func (p *progress) Finish(err error) {
