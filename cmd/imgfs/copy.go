@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -55,6 +56,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 	workers := max(2, runtime.GOMAXPROCS(0))
 	mapper, _ := d.(blockdev.Mapper)
 	pool := sync.Pool{New: func() any { return new(streamChunkBuf) }}
+	var hint holeHint
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	work := make(chan *piece, workers+2)
@@ -64,7 +66,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 	for range workers {
 		wg.Go(func() {
 			for pc := range work {
-				fillPiece(pc, d, mapper, &pool)
+				fillPiece(pc, d, mapper, &hint, &pool)
 				close(pc.done)
 			}
 		})
@@ -139,12 +141,40 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 	return st, err
 }
 
+// holeHint remembers the last answer of the data map: no data in
+// [from, next). Without it every chunk of a long hole would scan the map to
+// the hole's end again (quadratic: a 1 TiB sparse disk took many minutes).
+type holeHint struct {
+	mu         sync.Mutex
+	from, next int64
+}
+
+func (h *holeHint) covers(off, end int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.from <= off && end <= h.next
+}
+
+func (h *holeHint) set(from, next int64) {
+	h.mu.Lock()
+	h.from, h.next = from, next
+	h.mu.Unlock()
+}
+
 // fillPiece reads one chunk, or marks it a hole without reading.
-func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, pool *sync.Pool) {
+func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, hint *holeHint, pool *sync.Pool) {
 	end := pc.off + int64(pc.n)
 	if mapper != nil {
+		if hint.covers(pc.off, end) {
+			pc.hole = true
+			return
+		}
 		next, err := mapper.NextData(pc.off)
+		if errors.Is(err, io.EOF) {
+			next = math.MaxInt64
+		}
 		if errors.Is(err, io.EOF) || (err == nil && next >= end) {
+			hint.set(pc.off, next)
 			pc.hole = true
 			return
 		}
