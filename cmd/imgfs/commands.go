@@ -37,7 +37,7 @@ func commands() []*cli.Command {
 		},
 		inspectCommand(),
 		mountCommand(), umountCommand(),
-		exportCommand(), encryptCommand(),
+		exportCommand(), encryptCommand(), uploadCommand(),
 	}
 }
 

@@ -90,65 +90,72 @@ func encryptAction(c *cli.Context) (err error) {
 	if err := checkOutput(outPath); err != nil {
 		return err
 	}
-	inFormat := strings.ToLower(c.String("input-format"))
-	switch inFormat {
-	case "", image.FormatRaw, image.FormatQcow2:
-	default:
-		return usageError("--input-format %q: want raw or qcow2", c.String("input-format"))
-	}
 	if abs, err := filepath.Abs(outPath); err == nil {
 		if in, err2 := filepath.Abs(spec); err2 == nil && abs == in {
 			return usageError("encrypt: OUTPUT is INPUT")
 		}
 	}
 
+	_, err = encryptInput(c, spec, outPath, format, key, fopts, clusterSize, mode)
+	return err
+}
+
+// encryptInput writes INPUT spec encrypted (format luks or qcow2+luks) with
+// key's passphrase to outPath and returns the plaintext's virtual size.
+func encryptInput(c *cli.Context, spec, outPath, format string, key keyring.Source, fopts luksio.FormatOptions, clusterSize int64, mode string) (size int64, err error) {
+	inFormat := strings.ToLower(c.String("input-format"))
+	switch inFormat {
+	case "", image.FormatRaw, image.FormatQcow2:
+	default:
+		return 0, usageError("--input-format %q: want raw or qcow2", c.String("input-format"))
+	}
 	src, err := openSource(c.Context, c, spec)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer src.close()
 	opts := image.Options{Format: inFormat, Policy: qcowio.Policy{AllowDirty: c.Bool("allow-dirty")}}
 	mergeStated(&opts, src)
 	info, err := image.Inspect(src.dev, opts)
 	if err != nil {
-		return fmt.Errorf("%s: %w", spec, err)
+		return 0, fmt.Errorf("%s: %w", spec, err)
 	}
 	if info.Encrypted {
-		return fmt.Errorf("%s: the image is already encrypted (%s); use `imgfs export --to luks` for a raw LUKS copy", spec, info.Format)
+		return 0, fmt.Errorf("%s: the image is already encrypted (%s); use `imgfs export --to luks` for a raw LUKS copy", spec, info.Format)
 	}
 	img, err := image.Open(c.Context, src.dev, opts)
 	if err != nil {
-		return fmt.Errorf("%s: %w", spec, err)
+		return 0, fmt.Errorf("%s: %w", spec, err)
 	}
 	defer img.Close()
 
 	pass, err := key.Passphrase(c.Context)
 	if err != nil {
-		return fmt.Errorf("key: %w", err)
+		return 0, fmt.Errorf("key: %w", err)
 	}
 	what := "encrypt " + filepath.Base(spec)
 	if format == encryptQcow2LUKS {
 		area, key, err := luksio.NewLUKS1(pass, fopts)
 		keyring.Zero(pass)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		cipher, err := key.Cipher()
 		key.Close()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		defer cipher.Close()
-		return writeQcow2File(c.Context, img.Disk, outPath, mode, what,
+		return img.Disk.Size(), writeQcow2File(c.Context, img.Disk, outPath, mode, what,
 			qcowio.WriteOptions{ClusterSize: clusterSize, LUKSArea: area, Cipher: cipher})
 	}
 	view, err := luksio.NewLUKS1View(img.Disk, pass, fopts)
 	keyring.Zero(pass)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer view.Close()
-	return writeDevice(c.Context, view, outPath, mode, what)
+	return img.Disk.Size(), writeDevice(c.Context, view, outPath, mode, what)
 }
 
 // formatOptions collects the LUKS1 header parameters from the flags.
