@@ -116,6 +116,7 @@ func encryptInput(c *cli.Context, spec, outPath, format string, key keyring.Sour
 	defer src.close()
 	opts := image.Options{Format: inFormat, Policy: qcowio.Policy{AllowDirty: c.Bool("allow-dirty")}}
 	mergeStated(&opts, src)
+	opts.Key = nil // INPUT is plaintext: a --key-id names the new image's key
 	info, err := image.Inspect(src.dev, opts)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", spec, err)
