@@ -102,8 +102,12 @@ func printInfo(w io.Writer, info *image.Info) {
 		kv("cipher", h.CipherSpec)
 		kv("key size", fmt.Sprintf("%d bits", h.KeyBytes*8))
 		kv("sector size", h.SectorSize)
-		kv("payload offset", h.PayloadOffset)
-		kv("payload size", sizeString(h.PayloadSize))
+		if info.Qcow2 == nil {
+			// In qcow2+LUKS the header's payload fields are unused: the
+			// clusters are the payload.
+			kv("payload offset", h.PayloadOffset)
+			kv("payload size", sizeString(h.PayloadSize))
+		}
 		if h.UsedSecondary {
 			kv("header", "primary header corrupt: using the secondary copy")
 		}
