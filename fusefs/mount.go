@@ -88,6 +88,9 @@ type Options struct {
 	// RawLUKS is the disk as a raw LUKS volume (disk.luks) for streaming into
 	// an encrypted volume; nil if the image is not encrypted.
 	RawLUKS blockdev.Device
+	// Stats, when set, makes the file "stats": its result at each open,
+	// typically the source's counters as JSON. Never key material.
+	Stats func() []byte
 	// ImageJSON is the content of image.json. It must hold no key material.
 	ImageJSON []byte
 	// AllowOther lets other users see the mount (allow_other) and makes the
@@ -160,6 +163,9 @@ func Mount(dir string, opts Options) (*Server, error) {
 	}
 	if opts.RawLUKS != nil {
 		root.files = append(root.files, namedFile{RawLUKSName, newFile(RawLUKSName, opts.RawLUKS, 0)})
+	}
+	if opts.Stats != nil {
+		root.files = append(root.files, namedFile{StatsName, &liveNode{content: opts.Stats, mode: fileMode, uid: uid, gid: gid, mtime: now}})
 	}
 	root.files = append(root.files, namedFile{ImageJSONName, newFile(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0)})
 
@@ -302,7 +308,7 @@ type rootNode struct {
 
 type namedFile struct {
 	name string
-	node *fileNode
+	node fs.InodeEmbedder
 }
 
 var (
@@ -343,7 +349,9 @@ func (r *rootNode) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fus
 func (r *rootNode) Statfs(_ context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var total uint64
 	for _, f := range r.files {
-		total += f.node.blocks
+		if fn, ok := f.node.(*fileNode); ok {
+			total += fn.blocks
+		}
 	}
 	out.Bsize = 512
 	out.Frsize = 512

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/fusefs"
 )
 
@@ -110,6 +111,19 @@ func mountAction(c *cli.Context) error {
 	}
 	if img.Info != nil && img.Info.Qcow2 != nil {
 		opts.DiskAllocated = img.Info.Qcow2.AllocatedBytes
+	}
+	if src.stats != nil {
+		opts.Stats = func() []byte {
+			st := struct {
+				blockdev.Stats
+				Mode any `json:"mode,omitempty"`
+			}{Stats: src.stats()}
+			if m, ok := src.dev.(blockdev.ModeReporter); ok {
+				st.Mode = m.Mode()
+			}
+			b, _ := json.MarshalIndent(st, "", "  ")
+			return append(b, '\n')
+		}
 	}
 
 	var logFile *os.File
