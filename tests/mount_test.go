@@ -446,20 +446,7 @@ func TestMountForegroundUnmountsOnSignal(t *testing.T) {
 		t.Run(sig.String(), func(t *testing.T) {
 			testimg.Need(t, "fusermount3")
 			img := makeMountImage(t, c.kind, testimg.RandomBytes(2<<20, 27))
-			dir := t.TempDir()
-			cmd := exec.Command(imgfsBin, append(append([]string{"mount"}, img.keyArgs...), img.path, dir)...)
-			stderr, err := cmd.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				exec.Command("fusermount3", "-u", "-z", dir).Run()
-			})
-			line, _ := bufio.NewReader(stderr).ReadString('\n')
+			cmd, dir, stderr, line := mountForeground(t, append(img.keyArgs, img.path)...)
 			if !strings.HasPrefix(line, "imgfs: mounted "+img.path+" at "+dir) {
 				t.Fatalf("first stderr line %q; want the mounted line", line)
 			}
@@ -621,23 +608,7 @@ func TestMountSourceErrorsBecomeEIO(t *testing.T) {
 		}
 		return false
 	})
-	dir := t.TempDir()
-	cmd := exec.Command(imgfsBin, "mount", "--format", "raw", "--block-size", "64KiB", proxy+"/disk.raw", dir)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		exec.Command("fusermount3", "-u", "-z", dir).Run()
-	})
-	errs := bufio.NewReader(stderr)
-	if line, _ := errs.ReadString('\n'); !strings.Contains(line, "imgfs: mounted ") {
-		t.Fatalf("first stderr line %q; want the mounted line", line)
-	}
+	cmd, dir, errs, _ := mountForeground(t, "--format", "raw", "--block-size", "64KiB", proxy+"/disk.raw")
 	f, err := os.Open(filepath.Join(dir, "disk"))
 	if err != nil {
 		t.Fatal(err)
@@ -747,23 +718,7 @@ func TestMountDaemonTakesPassphraseFromStdin(t *testing.T) {
 func TestMountSignalWhileBusyDetachesLazily(t *testing.T) {
 	testimg.Need(t, "fusermount3")
 	img := makeMountImage(t, "raw", testimg.RandomBytes(1<<20, 34))
-	dir := t.TempDir()
-	cmd := exec.Command(imgfsBin, "mount", img.path, dir)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		exec.Command("fusermount3", "-u", "-z", dir).Run()
-	})
-	errs := bufio.NewReader(stderr)
-	if line, _ := errs.ReadString('\n'); !strings.Contains(line, "imgfs: mounted ") {
-		t.Fatalf("first stderr line %q", line)
-	}
+	cmd, dir, errs, _ := mountForeground(t, img.path)
 	f, err := os.Open(filepath.Join(dir, "disk"))
 	if err != nil {
 		t.Fatal(err)
@@ -926,4 +881,31 @@ func TestMountDaemonLogsErrorsToFile(t *testing.T) {
 	if strings.Count(string(logged), "answered EIO") != 1 || !strings.Contains(string(logged), "404") {
 		t.Errorf("log file %q; want one EIO line naming the 404", logged)
 	}
+}
+
+// mountForeground starts `imgfs mount ARGS... DIR` in the foreground on a new
+// directory and returns once imgfs has said it is mounted: the command, the
+// directory, the rest of its stderr and that first line. Cleanup kills it and
+// detaches whatever a failed test left behind.
+func mountForeground(t *testing.T, args ...string) (*exec.Cmd, string, *bufio.Reader, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command(imgfsBin, append(append([]string{"mount"}, args...), dir)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	})
+	errs := bufio.NewReader(stderr)
+	line, _ := errs.ReadString('\n')
+	if !strings.Contains(line, "imgfs: mounted ") {
+		t.Fatalf("first stderr line %q; want the mounted line", line)
+	}
+	return cmd, dir, errs, line
 }
