@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -101,6 +102,15 @@ type HTTPOptions struct {
 	Retry RetryPolicy
 	// RequestTimeout bounds one range request; default 2 minutes.
 	RequestTimeout time.Duration
+	// StallTimeout bounds how long a request may go without progress:
+	// no response headers, or no body byte while one is awaited, for this
+	// long ends the attempt as a transient failure ("stalled: no data for
+	// 30s after N of M bytes") that the Retry policy repeats. It also
+	// watches the stream of sequential mode (but not its pauses when it is
+	// far enough ahead of the readers). Default DefaultStallTimeout;
+	// negative disables it (RequestTimeout and the transport's
+	// ResponseHeaderTimeout still apply).
+	StallTimeout time.Duration
 	// CacheDir holds the sparse file of sequential mode; default
 	// $XDG_CACHE_HOME/imgfs (or ~/.cache/imgfs), else the temp dir.
 	CacheDir string
@@ -114,6 +124,9 @@ type HTTPOptions struct {
 	// byte asked for; default 64 MiB.
 	SeqAhead int64
 }
+
+// DefaultStallTimeout is HTTPOptions.StallTimeout's default.
+const DefaultStallTimeout = 30 * time.Second
 
 // HTTP is a Device over an object served by HTTP(S) range requests. Every
 // response is validated: 206 with the Content-Range asked for and a body of
@@ -188,6 +201,9 @@ func OpenHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (*HTTP, erro
 	}
 	if h.opts.SeqAhead <= 0 {
 		h.opts.SeqAhead = 64 << 20
+	}
+	if h.opts.StallTimeout == 0 {
+		h.opts.StallTimeout = DefaultStallTimeout
 	}
 	h.ctx, h.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if opts.Token != nil {
@@ -349,13 +365,24 @@ func (h *HTTP) newRequest(ctx context.Context, rng string) (*http.Request, error
 	return req, nil
 }
 
-// do sends req and classifies transport failures as transient.
+// do sends req and classifies transport failures as transient. A watchdog
+// (opts.StallTimeout) ends the request when the headers, or later a byte of
+// the body while a Read waits for one, do not come in time: the Read then
+// fails with a stallError.
 func (h *HTTP) do(ctx context.Context, req *http.Request, what string) (*http.Response, error) {
 	h.c.requests.Add(1)
-	resp, err := h.client.Do(req)
+	wctx, wcancel := context.WithCancel(req.Context())
+	wd := newWatchdog(h.opts.StallTimeout, wcancel)
+	wd.arm()
+	resp, err := h.client.Do(req.WithContext(wctx))
+	wd.disarm()
 	if err != nil {
+		wcancel()
 		if ctx.Err() != nil && h.ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: %s: %w", h.name, what, context.Canceled)
+		}
+		if wd.stalled() && req.Context().Err() == nil {
+			return nil, &transientError{err: fmt.Errorf("%s: %s: stalled: no response headers within %s", h.name, what, wd.d)}
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -363,6 +390,7 @@ func (h *HTTP) do(ctx context.Context, req *http.Request, what string) (*http.Re
 		}
 		return nil, &transientError{err: fmt.Errorf("%s: %s: %v", h.name, what, err)}
 	}
+	resp.Body = &watchedBody{ReadCloser: resp.Body, w: wd}
 	return resp, nil
 }
 
@@ -479,6 +507,10 @@ func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (
 	}
 	n, err := io.ReadFull(resp.Body, p)
 	h.c.bytes.Add(int64(n))
+	var stall *stallError
+	if errors.As(err, &stall) && ctx.Err() == nil {
+		return -1, &transientError{err: fmt.Errorf("%s: %s: %v after %d of %d bytes", h.name, what, stall, n, len(p))}
+	}
 	if err != nil && rctx.Err() != nil && ctx.Err() == nil {
 		return -1, &transientError{err: fmt.Errorf("%s: %s: body not complete within %s (%d of %d bytes)", h.name, what, h.opts.RequestTimeout, n, len(p))}
 	}
@@ -486,6 +518,76 @@ func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (
 		return -1, &transientError{err: fmt.Errorf("%s: %s: short body (%d of %d bytes): %v", h.name, what, n, len(p), err)}
 	}
 	return total, nil
+}
+
+// watchdog cancels a request that makes no progress for d. It runs only
+// while the caller waits for the server — for the response headers, or in
+// a Read of the body — so a reader that pauses on purpose (sequential mode
+// when it is SeqAhead past the readers) is not taken for a stall. A
+// watchdog is used by one goroutine at a time.
+type watchdog struct {
+	d      time.Duration
+	cancel context.CancelFunc
+	t      *time.Timer // nil when d <= 0
+	fired  atomic.Bool
+}
+
+// newWatchdog returns a disarmed watchdog that calls cancel once armed
+// for d without being disarmed; d <= 0 gives one that never fires.
+func newWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
+	w := &watchdog{d: d, cancel: cancel}
+	if d > 0 {
+		w.t = time.AfterFunc(d, func() {
+			w.fired.Store(true)
+			cancel()
+		})
+		w.t.Stop()
+	}
+	return w
+}
+
+func (w *watchdog) arm() {
+	if w.t != nil {
+		w.t.Reset(w.d)
+	}
+}
+
+func (w *watchdog) disarm() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}
+
+// stalled reports whether the watchdog cancelled the request.
+func (w *watchdog) stalled() bool { return w.fired.Load() }
+
+// stallError is what a watched body's Read returns once it has stalled.
+type stallError struct{ d time.Duration }
+
+func (e *stallError) Error() string { return fmt.Sprintf("stalled: no data for %s", e.d) }
+
+// watchedBody is a response body under its request's watchdog; Close
+// also releases the watchdog's context.
+type watchedBody struct {
+	io.ReadCloser
+	w *watchdog
+}
+
+func (b *watchedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.w.disarm()
+	b.w.cancel()
+	return err
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	b.w.arm()
+	n, err := b.ReadCloser.Read(p)
+	b.w.disarm()
+	if err != nil && b.w.stalled() {
+		err = &stallError{d: b.w.d}
+	}
+	return n, err
 }
 
 // parseContentRange reads "bytes a-b/total" (total may be "*": -1).

@@ -47,14 +47,18 @@ func sourceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "memory for cached blocks of a remote image"},
 		&cli.StringFlag{Name: "block-size", Value: "1MiB", Usage: "unit of remote reads and of the cache"},
 		&cli.IntFlag{Name: "parallel", Value: blockdev.DefaultParallel, Usage: "concurrent requests to a remote source (read-ahead uses them)"},
+		&cli.DurationFlag{Name: "http-stall-timeout", Value: blockdev.DefaultStallTimeout, Usage: "abandon and retry (like a reset connection) a remote request that receives nothing, headers or body, for `DURATION`"},
 	}
 }
 
 // remoteOptions reads the cache and HTTP tuning flags.
 func remoteOptions(c *cli.Context) (blockdev.HTTPOptions, blockdev.CacheOptions, error) {
-	ho := blockdev.HTTPOptions{CacheDir: c.String("cache-dir")}
+	ho := blockdev.HTTPOptions{CacheDir: c.String("cache-dir"), StallTimeout: c.Duration("http-stall-timeout")}
 	co := blockdev.CacheOptions{Parallel: c.Int("parallel")}
 	var err error
+	if ho.StallTimeout <= 0 {
+		return ho, co, usageError("--http-stall-timeout %s: want a positive duration (30s, 1m)", ho.StallTimeout)
+	}
 	if s := c.String("cache-size"); s != "" {
 		if co.MaxBytes, err = parseSize(s); err != nil {
 			return ho, co, usageError("--cache-size: %v", err)
