@@ -12,6 +12,13 @@
 #   cloud.sh status DIR     PIDs and HTTP status of each API (rc 1 if down)
 #   cloud.sh env DIR        print the env lines again
 #   cloud.sh smoke DIR      quick upload/Range/secret round trip with curl
+#   cloud.sh short-keystone DIR PORT SECONDS
+#                           start a second Keystone for DIR on PORT whose tokens live
+#                           SECONDS: same database and fernet keys, so the running
+#                           Keystone (which Glance and Barbican ask) validates its
+#                           tokens and rejects them once expired; prints its env
+#                           (OSL_SHORT_KEYSTONE_URL, _PID)
+#   cloud.sh stop-short-keystone DIR PORT   stop it (stop DIR stops it too)
 #
 #   eval "$(cloud.sh start /tmp/os1)"   # gophercloud / openstack CLI now work
 #
@@ -39,6 +46,17 @@ HOST=127.0.0.1
 PKGS=(keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3 curl)
 PY=/usr/bin/python3
 ADMIN_PW=adminpw DEMO_PW=demopw GLANCE_PW=glancepw BARBICAN_PW=barbicanpw
+
+# uwsgi for Keystone and Barbican. http11-socket: HTTP/1.1 (plain http-socket closes
+# after each response without saying so and keep-alive clients then get 'connection
+# reset'). threads 1: keystone/barbican with sqlite and threads hit "SQLite objects
+# created in a thread..." + "database is locked". "Connection: close": an http11-socket
+# worker waits up to its socket timeout (4 s) for the next request on the connection it
+# just answered, so with one worker a request on any other connection (Glance's and
+# Barbican's token validations, a second client) waited up to 4 s; closing after each
+# answer costs a loopback connect instead.
+UW=(uwsgi --plugins python3 --master --lazy-apps --die-on-term --need-app
+    --threads 1 --buffer-size 65535 --add-header "Connection: close")
 
 log() { printf '[osl %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -84,6 +102,7 @@ start_bg() {
   local name=$1 logf=$2; shift 2
   local pidf="$D/run/$name.pid"
   rm -f "$pidf"
+  # shellcheck disable=SC2016  # expanded by the inner bash
   clean_env setsid /bin/bash -c 'echo $$ > "$0"; exec "$@"' "$pidf" "$@" </dev/null >>"$logf" 2>&1 &
   local i
   for i in $(seq 1 50); do [ -s "$pidf" ] && break; sleep 0.1; done
@@ -318,7 +337,7 @@ write_client_files() {
   [ "$AUTH" = keystone ] || return 0
   local who pw proj
   for who in demo admin; do
-    pw=$DEMO_PW; proj=demo; [ $who = admin ] && { pw=$ADMIN_PW; proj=admin; }
+    pw=$DEMO_PW; proj=demo; [ $who = admin ] && { pw=$ADMIN_PW; proj="admin"; }
     cat > "$D/openrc-$who" <<EOF
 export OS_AUTH_URL=$KURL/v3
 export OS_AUTH_TYPE=password
@@ -421,19 +440,14 @@ do_start() {
     init_databases
   fi
 
-  # uwsgi: http11-socket = keep-alive (plain http-socket closes after each response and
-  # keep-alive clients then get 'connection reset'); threads 1 because keystone/barbican
-  # with sqlite and threads hit "SQLite objects created in a thread..." + "database is locked".
-  local UW=(uwsgi --plugins python3 --master --lazy-apps --die-on-term --need-app
-            --threads 1 --buffer-size 65535)
   if [ "$AUTH" = keystone ]; then
     start_bg keystone "$D/log/keystone-uwsgi.log" env OS_KEYSTONE_CONFIG_FILES="$D/keystone/keystone.conf" \
-      "${UW[@]}" --http11-socket "$HOST:$KPORT" --processes ${OSL_KEYSTONE_PROCESSES:-1} --wsgi-file /usr/bin/keystone-wsgi-public
+      "${UW[@]}" --http11-socket "$HOST:$KPORT" --processes "${OSL_KEYSTONE_PROCESSES:-1}" --wsgi-file /usr/bin/keystone-wsgi-public
   fi
   # Glance and Barbican need Keystone only per request, so they boot meanwhile
   start_bg glance "$D/log/glance-api.stdout.log" glance-api --config-file "$D/glance/glance-api.conf"
   start_bg barbican "$D/log/barbican-uwsgi.log" env HOME="$D/barbican" \
-    "${UW[@]}" --http11-socket "$HOST:$BPORT" --processes ${OSL_BARBICAN_PROCESSES:-1} --paste "config:$D/barbican/barbican-api-paste.ini"
+    "${UW[@]}" --http11-socket "$HOST:$BPORT" --processes "${OSL_BARBICAN_PROCESSES:-1}" --paste "config:$D/barbican/barbican-api-paste.ini"
   if [ "$AUTH" = keystone ]; then
     wait_http keystone "$KURL/v3" 200
     if [ -n "$fresh" ]; then keystone_resources || die "keystone setup failed, see $D/log/keystone-setup.log"; fi
@@ -469,8 +483,44 @@ do_start() {
 do_stop() {
   [ -d "$D" ] || { log "$D does not exist"; return 0; }
   D=$(cd "$D" && pwd)
-  local name
+  local name f
+  for f in "$D"/run/keystone-short-*.pid; do
+    [ -e "$f" ] || continue
+    name=${f##*/}; stop_one "${name%.pid}"
+  done
   for name in barbican glance keystone; do stop_one $name; done
+}
+
+# A second Keystone on the same data with a short token lifetime, for token
+# renewal tests; the shared cloud keeps its long one. Fernet tokens carry their
+# expiry and are not stored, so any Keystone with the same keys validates them.
+do_short_keystone() {
+  local port=$1 secs=$2
+  D=$(cd "$D" && pwd); load_settings
+  [ "$AUTH" = keystone ] || die "short-keystone: $D runs without Keystone (OSL_AUTH=$AUTH)"
+  [ -f "$D/.initialised" ] || die "short-keystone: $D is not a started cloud"
+  if ! [[ $port =~ ^[0-9]{1,5}$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    die "short-keystone: bad port '$port'"
+  fi
+  if ! [[ $secs =~ ^[0-9]{1,9}$ ]] || [ "$secs" -lt 1 ]; then
+    die "short-keystone: lifetime '$secs' is not a whole number of seconds >= 1"
+  fi
+  local name=keystone-short-$port
+  if pid_of "$name" >/dev/null; then die "$name already running for $D"; fi
+  port_free "$port" || die "port $HOST:$port is already in use"
+  local conf="$D/$name/keystone.conf"
+  mkdir -p "$D/$name"
+  sed -e "s#^log_file = .*#log_file = $D/log/$name.log#" -e "s#^expiration = .*#expiration = $secs#" \
+    "$D/keystone/keystone.conf" > "$conf"
+  grep -qx "expiration = $secs" "$conf" || die "short-keystone: no [token] expiration line in $D/keystone/keystone.conf"
+  start_bg "$name" "$D/log/$name-uwsgi.log" env OS_KEYSTONE_CONFIG_FILES="$conf" \
+    "${UW[@]}" --http11-socket "$HOST:$port" --processes 1 --wsgi-file /usr/bin/keystone-wsgi-public
+  if ! (wait_http "$name" "http://$HOST:$port/v3" 200); then
+    stop_one "$name"; die "$name did not come up (see $D/log/$name*.log)"
+  fi
+  log "$name up: tokens live ${secs}s"
+  echo "export OSL_SHORT_KEYSTONE_URL=http://$HOST:$port/v3"
+  echo "export OSL_SHORT_KEYSTONE_PID=$(pid_of "$name")"
 }
 
 do_status() {
@@ -478,7 +528,7 @@ do_status() {
   local name p rc=0 names="glance barbican"
   [ "$AUTH" = keystone ] && names="keystone $names"
   for name in $names; do
-    if p=$(pid_of $name); then echo "$name: running, pid $p"; else echo "$name: stopped"; rc=1; fi
+    if p=$(pid_of "$name"); then echo "$name: running, pid $p"; else echo "$name: stopped"; rc=1; fi
   done
   [ "$AUTH" = keystone ] && echo "keystone GET /v3 -> $(http_code "$KURL/v3")"
   echo "glance GET /healthcheck -> $(http_code "$GURL/healthcheck")"
@@ -525,5 +575,12 @@ case "$cmd" in
       env) D=$(cd "$D" && pwd); load_settings; print_env ;;
       smoke) do_smoke ;;
     esac ;;
+  short-keystone)
+    [ $# -eq 4 ] || die "usage: $0 short-keystone DIR PORT SECONDS"
+    do_short_keystone "$3" "$4" ;;
+  stop-short-keystone)
+    [ $# -eq 3 ] || die "usage: $0 stop-short-keystone DIR PORT"
+    [[ $3 =~ ^[0-9]+$ ]] || die "stop-short-keystone: bad port '$3'"
+    D=$(cd "$D" && pwd); stop_one "keystone-short-$3" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
