@@ -37,10 +37,14 @@ fuzz-long:
 
 # The figures of RELIABILITY.md: the hostile-image suite (cat, info and the
 # Go API on every malicious image, bounded time and memory), the 1 TiB
-# sparse qcow2+LUKS read, key hygiene and leak checks, then short fuzzing.
+# sparse qcow2+LUKS read, key hygiene and leak checks, the seeded network
+# fault schedule at scale (IMGFS_FAULT_RUNS, default 500; IMGFS_FAULT_SEED,
+# default 1; with the local cloud for its Glance runs), then short fuzzing.
 reliability: build
 	@$(GO) test -count=1 -v -run 'Hostile|KDFLimit|ZipBomb|Sparse1TiB|Dumpable|KeyMaterial|Leak' ./tests/ >bin/reliability.log 2>&1; \
 	  s=$$?; grep -E 'FIGURE|^(---|ok|FAIL|PASS)' bin/reliability.log; echo "log: bin/reliability.log"; exit $$s
+	@IMGFS_FAULT_RUNS=$${IMGFS_FAULT_RUNS:-500} tests/with-cloud.sh $(GO) test -count=1 -timeout 40m -v -run 'TestFaultSchedule' ./tests/ >bin/reliability-faults.log 2>&1; \
+	  s=$$?; grep -E 'FIGURE|^ *(---|ok|FAIL|PASS)' bin/reliability-faults.log; echo "log: bin/reliability-faults.log"; exit $$s
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 lint:

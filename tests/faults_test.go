@@ -218,7 +218,6 @@ func (s *faultSchedule) proxy(t *testing.T, target, token string) string {
 		t.Fatal(err)
 	}
 	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.ErrorLog = nil
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rest, ok := strings.CutPrefix(r.URL.Path, "/run/")
 		runStr, path, ok2 := strings.Cut(rest, "/")
