@@ -31,8 +31,48 @@ func (s copyStats) rate() float64 {
 	return float64(s.written) / s.elapsed.Seconds()
 }
 
-// streamChunkBuf is a pooled chunk buffer.
+// streamChunkBuf is a chunk buffer of the pipeline.
 type streamChunkBuf = [streamChunk]byte
+
+// chunkBufs is the pipeline's fixed set of chunk buffers: made on first
+// need, reused until the copy ends, then zeroed once (plaintext must not
+// linger). A sync.Pool would lose them at every garbage collection, and on
+// the VMs imgfs runs on faulting in fresh memory costs more than the
+// decryption; zeroing each buffer before reuse would cost a memset of
+// every byte copied.
+type chunkBufs struct {
+	mu   sync.Mutex
+	free []*streamChunkBuf
+	all  []*streamChunkBuf
+}
+
+func (c *chunkBufs) get() *streamChunkBuf {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := len(c.free); k > 0 {
+		b := c.free[k-1]
+		c.free = c.free[:k-1]
+		return b
+	}
+	b := new(streamChunkBuf)
+	c.all = append(c.all, b)
+	return b
+}
+
+func (c *chunkBufs) put(b *streamChunkBuf) {
+	c.mu.Lock()
+	c.free = append(c.free, b)
+	c.mu.Unlock()
+}
+
+// zero clears every buffer; the pipeline must have stopped.
+func (c *chunkBufs) zero() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range c.all {
+		clear(b[:])
+	}
+}
 
 // piece is one chunk of the pipeline, filled by a worker.
 type piece struct {
@@ -47,15 +87,15 @@ type piece struct {
 // streamDevice copies d to out in order while several goroutines read
 // ahead (fetch, decrypt and re-encrypt overlap). When sparse is set, out is
 // a fresh regular file: holes (from the device's data map, or all-zero
-// chunks) are skipped and the file is truncated to d's size. Buffers are
-// zeroed before reuse so plaintext does not linger.
+// chunks) are skipped and the file is truncated to d's size. At most
+// workers+3 chunk buffers exist; they are zeroed when the copy ends.
 func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse bool, prog *progress) (copyStats, error) {
 	start := time.Now()
 	var st copyStats
 	size := d.Size()
 	workers := max(2, runtime.GOMAXPROCS(0))
 	mapper, _ := d.(blockdev.Mapper)
-	pool := sync.Pool{New: func() any { return new(streamChunkBuf) }}
+	var bufs chunkBufs
 	var hint holeHint
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -66,7 +106,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 	for range workers {
 		wg.Go(func() {
 			for pc := range work {
-				fillPiece(pc, d, mapper, &hint, &pool)
+				fillPiece(pc, d, mapper, &hint, &bufs)
 				close(pc.done)
 			}
 		})
@@ -118,8 +158,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 			}
 		}
 		if pc.buf != nil {
-			clear(pc.buf[:])
-			pool.Put(pc.buf)
+			bufs.put(pc.buf)
 		}
 		if err != nil {
 			cancel()
@@ -127,6 +166,7 @@ func streamDevice(ctx context.Context, out *os.File, d blockdev.Device, sparse b
 		done += int64(pc.n)
 	}
 	wg.Wait()
+	bufs.zero()
 	if err == nil && done != size {
 		// The producer stopped early: the caller's context was cancelled.
 		err = ctx.Err()
@@ -162,7 +202,7 @@ func (h *holeHint) set(from, next int64) {
 }
 
 // fillPiece reads one chunk, or marks it a hole without reading.
-func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, hint *holeHint, pool *sync.Pool) {
+func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, hint *holeHint, bufs *chunkBufs) {
 	end := pc.off + int64(pc.n)
 	if mapper != nil {
 		if hint.covers(pc.off, end) {
@@ -179,7 +219,7 @@ func fillPiece(pc *piece, d blockdev.Device, mapper blockdev.Mapper, hint *holeH
 			return
 		}
 	}
-	pc.buf = pool.Get().(*streamChunkBuf)
+	pc.buf = bufs.get()
 	if err := blockdev.ReadFull(d, pc.buf[:pc.n], pc.off); err != nil {
 		pc.err = err
 		return
