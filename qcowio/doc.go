@@ -11,5 +11,8 @@
 // L2 tables, coalesce clusters that are contiguous in the file into one read
 // of the device below, and decrypt qcow2+LUKS data in place with the IV
 // sector taken from the host offset (as qemu does). Open validates every L1
-// entry, L2 table and cluster descriptor before any data is read.
+// entry before any data is read, and every L2 table and cluster descriptor
+// too when the L2 tables total at most 8 MiB; above that it checks each L2
+// table when a read first loads it, so that opening a large image costs its
+// header and L1 table, not all its tables (Inspect always walks them all).
 package qcowio

@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -17,6 +19,18 @@ const decompressedCacheBytes = 8 << 20
 
 // walkParallelism is how many L2 tables Open fetches at once.
 const walkParallelism = 8
+
+// eagerWalkBytes is the most L2 table bytes Open reads and checks before it
+// returns (8 MiB: 128 tables of 64 KiB, mapping 64 GiB of allocated disk;
+// or 2048 tables of 4 KiB, mapping 4 GiB). An image whose L1 table
+// references more is opened with deferred L2 checks (see Open): walking a
+// fully allocated 1 TiB disk with 64 KiB clusters would fetch 128 MiB of L2
+// tables, over HTTP, just to read a partition table. Inspect always walks
+// every table.
+const eagerWalkBytes = 8 << 20
+
+// walkAll is the walk budget of Inspect: no limit.
+const walkAll = math.MaxInt64
 
 // Image is an opened, policy-checked qcow2 image. It is a blockdev.Device
 // and a blockdev.Mapper over the virtual disk; its methods are safe for
@@ -36,6 +50,24 @@ type Image struct {
 	l2cache     *lru[l2Table]
 	l2flight    flight[l2Table]
 	zcache      *lru[decompressed]
+
+	// What the checks of an L2 table need, kept by the walk: the fixed
+	// metadata and the sorted offsets of every L2 table L1 references.
+	meta  []hostRange
+	l2set []int64
+	// deferred is true when Open did not walk the L2 tables (the image
+	// references more than its budget): each L2 table is then checked when
+	// a read or a map query first loads it.
+	deferred bool
+	// checkFetches is set once Open returns: from then on every L2 table
+	// fetched from the device below is checked before use, so a table the
+	// walk checked and the cache later evicted is checked again when
+	// re-read (a remote source could serve other bytes the second time).
+	checkFetches bool
+	// badL2 caches the verdict (an error wrapping ErrUnsafe) of each L2
+	// table that failed its checks after Open, by host offset: reads and
+	// map queries that need it fail at once, without fetching it again.
+	badL2 sync.Map
 
 	// Compressed cluster descriptor geometry.
 	cOffsetMask uint64
@@ -62,7 +94,7 @@ var (
 // header or tables cannot be read; every other problem is a reason in
 // Info.Reasons.
 func Inspect(dev blockdev.Device, pol Policy) (*Info, error) {
-	img, _, err := inspect(dev, pol)
+	img, _, err := inspect(dev, pol, walkAll)
 	if err != nil {
 		return nil, err
 	}
@@ -72,20 +104,40 @@ func Inspect(dev blockdev.Device, pol Policy) (*Info, error) {
 // Open inspects dev and refuses an unsafe image with an error wrapping
 // ErrUnsafe (and the kind of each reason: ErrInsecureEncryption,
 // blockdev.ErrCorrupt, ...) before reading any data.
+//
+// Open checks the header, the extensions, the LUKS header and every L1 entry
+// (L2 table offsets aligned, inside the file, used once, off the metadata).
+// When the L2 tables that L1 references total at most 8 MiB, it also reads
+// and checks every L2 table and cluster descriptor, as Inspect does. Above
+// that budget the L2 checks are deferred: each L2 table is checked, with the
+// same rules, when a read or a map query (NextData, NextHole) first loads
+// it, and a table that fails makes every read or query that needs it fail
+// with the error Open would have returned for it (wrapping ErrUnsafe and
+// blockdev.ErrCorrupt or blockdev.ErrTruncated); no byte it maps is ever
+// returned. Info().DeferredL2Checks tells which mode was used, and
+// Info().AllocatedBytes is then -1 (unknown).
 func Open(dev blockdev.Device, pol Policy) (*Image, error) {
-	img, v, err := inspect(dev, pol)
+	return open(dev, pol, eagerWalkBytes)
+}
+
+// open is Open with the budget of L2 table bytes walked up front.
+func open(dev blockdev.Device, pol Policy, walkBudget int64) (*Image, error) {
+	img, v, err := inspect(dev, pol, walkBudget)
 	if err != nil {
 		return nil, err
 	}
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	img.checkFetches = true
 	return img, nil
 }
 
 // inspect parses everything that Open checks and returns the image (usable
-// only when the verdict is clean) and the verdict.
-func inspect(dev blockdev.Device, pol Policy) (*Image, *verdict, error) {
+// only when the verdict is clean) and the verdict. The L2 tables are walked
+// when they total at most walkBudget bytes; otherwise their checks are
+// deferred to their first load.
+func inspect(dev blockdev.Device, pol Policy, walkBudget int64) (*Image, *verdict, error) {
 	v := &verdict{}
 	h, err := readHeader(dev, v)
 	if err != nil {
@@ -108,7 +160,7 @@ func inspect(dev blockdev.Device, pol Policy) (*Image, *verdict, error) {
 		if h.cryptMethod == cryptLUKS && h.hasCrypto {
 			img.readLUKSHeader(v)
 		}
-		if err := img.walk(v); err != nil {
+		if err := img.walk(v, walkBudget); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -157,8 +209,12 @@ func (img *Image) readL1() error {
 // overlap the image's metadata (header cluster, L1 table, refcount table,
 // LUKS header, L2 tables): a crafted image could otherwise loop its tables
 // into each other or serve its own metadata as disk data.
-func (img *Image) walk(v *verdict) error {
-	meta := img.metadataRanges()
+//
+// When the L2 tables total more than budget bytes, walk checks only the L1
+// entries (which need no L2 read), sets img.deferred and leaves each table's
+// checks to checkFetched when it is first loaded.
+func (img *Image) walk(v *verdict, budget int64) error {
+	img.meta = img.metadataRanges()
 	type l2ref struct {
 		l1i uint64
 		off int64
@@ -185,14 +241,25 @@ func (img *Image) walk(v *verdict) error {
 			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x used twice", l1i, l2off)
 			continue
 		}
-		if name := overlaps(meta, l2off, img.clusterSize); name != "" {
+		if name := overlaps(img.meta, l2off, img.clusterSize); name != "" {
 			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x overlaps the %s", l1i, l2off, name)
 			continue
 		}
 		seen[l2off] = true
 		tables = append(tables, l2ref{l1i, l2off})
 	}
-	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
+	img.l2set = make([]int64, 0, len(tables))
+	for _, ref := range tables {
+		img.l2set = append(img.l2set, ref.off)
+	}
+	slices.Sort(img.l2set)
+	// len(tables) <= maxL1TableBytes/8 and clusterSize <= 2 MiB: no overflow.
+	if int64(len(tables))*img.clusterSize > budget {
+		img.deferred = true
+		img.info.DeferredL2Checks = true
+		img.info.AllocatedBytes = -1
+		return nil
+	}
 	var allocated int64
 	// L2 tables are fetched walkParallelism at a time: over HTTP each is a
 	// request, and Open should not pay their latencies one after another.
@@ -205,7 +272,7 @@ func (img *Image) walk(v *verdict) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				loaded[i], errs[i] = img.loadL2(ref.off)
+				loaded[i], errs[i] = img.loadL2(ref.l1i, ref.off)
 			}()
 		}
 		wg.Wait()
@@ -213,7 +280,7 @@ func (img *Image) walk(v *verdict) error {
 			if errs[i] != nil {
 				return errs[i]
 			}
-			allocated += img.checkL2(v, ref.l1i, ref.off, loaded[i], clusters, meta, seen)
+			allocated += img.checkL2(v, ref.l1i, ref.off, loaded[i])
 		}
 	}
 	img.info.AllocatedBytes = allocated
@@ -221,9 +288,11 @@ func (img *Image) walk(v *verdict) error {
 }
 
 // checkL2 checks the entries of the L2 table t (at l2off, for L1 entry l1i)
-// that map the disk and returns the allocated bytes they count.
-func (img *Image) checkL2(v *verdict, l1i uint64, l2off int64, t l2Table, clusters uint64, meta []hostRange, seen map[int64]bool) int64 {
+// that map the disk and returns the allocated bytes they count. It needs
+// img.meta and img.l2set (set by walk).
+func (img *Image) checkL2(v *verdict, l1i uint64, l2off int64, t l2Table) int64 {
 	var allocated int64
+	clusters := uint64(img.size+img.clusterSize-1) >> img.clusterBits
 	first := l1i * img.l2Entries
 	n := min(img.l2Entries, clusters-first)
 	for l2i := range n {
@@ -240,7 +309,7 @@ func (img *Image) checkL2(v *verdict, l1i uint64, l2off int64, t l2Table, cluste
 		used := min(img.clusterSize, img.size-guest)
 		b, err := img.checkDescriptor(desc, bitmap, used)
 		if err == nil && b > 0 {
-			err = img.checkDataOverlap(desc, meta, seen)
+			err = img.checkDataOverlap(desc)
 		}
 		if err != nil {
 			kind := blockdev.ErrCorrupt
@@ -289,8 +358,8 @@ func overlaps(meta []hostRange, off, n int64) string {
 }
 
 // checkDataOverlap refuses a data or compressed cluster that lies on
-// metadata or on an L2 table (l2 holds the L2 table offsets).
-func (img *Image) checkDataOverlap(desc uint64, meta []hostRange, l2 map[int64]bool) error {
+// metadata (img.meta) or on an L2 table (img.l2set).
+func (img *Image) checkDataOverlap(desc uint64) error {
 	off, n := int64(desc&l2OffsetMask), img.clusterSize
 	if desc&oflagCompressed != 0 {
 		e, err := img.classify(desc, 0, 0)
@@ -303,11 +372,11 @@ func (img *Image) checkDataOverlap(desc uint64, meta []hostRange, l2 map[int64]b
 	if desc&oflagCompressed != 0 {
 		what = "compressed data"
 	}
-	if name := overlaps(meta, off, n); name != "" {
+	if name := overlaps(img.meta, off, n); name != "" {
 		return fmt.Errorf("%s at %#x overlaps the %s: %w", what, off, name, blockdev.ErrCorrupt)
 	}
 	for c := off &^ (img.clusterSize - 1); c < off+n; c += img.clusterSize {
-		if l2[c] {
+		if _, ok := slices.BinarySearch(img.l2set, c); ok {
 			return fmt.Errorf("%s at %#x overlaps the L2 table at %#x: %w", what, off, c, blockdev.ErrCorrupt)
 		}
 	}

@@ -28,8 +28,14 @@ type Info struct {
 	DataFile             string   `json:"data_file,omitempty"`
 	// AllocatedBytes counts the host bytes of allocated data clusters
 	// (compressed clusters by their compressed size). It is 0 when the
-	// tables could not be walked.
+	// tables could not be walked, and -1 (unknown) when DeferredL2Checks is
+	// set.
 	AllocatedBytes int64 `json:"allocated_bytes"`
+	// DeferredL2Checks is set by Open for an image whose L2 tables exceed
+	// what Open walks up front (see Open): Safe then covers the header, the
+	// L1 table and the LUKS header, and each L2 table is checked when a read
+	// first loads it. Inspect walks every table and never sets it.
+	DeferredL2Checks bool `json:"deferred_l2_checks,omitempty"`
 	// Safe is the safety verdict; Reasons lists every reason it is false.
 	Safe    bool     `json:"safe"`
 	Reasons []string `json:"reasons,omitempty"`

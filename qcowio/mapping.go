@@ -2,6 +2,7 @@ package qcowio
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -51,9 +52,15 @@ type extent struct {
 // extended L2 (descriptor, subcluster bitmap).
 type l2Table []uint64
 
-// loadL2 returns the L2 table at host offset off, from the cache if present.
-// Concurrent misses on the same table share one read of the device below.
-func (img *Image) loadL2(off int64) (l2Table, error) {
+// loadL2 returns the L2 table at host offset off (the table of L1 entry
+// l1i), from the cache if present. Concurrent misses on the same table share
+// one read of the device below. After Open, a table fetched from the device
+// is checked before it is used or cached (checkFetched), and a table that
+// failed fails at once.
+func (img *Image) loadL2(l1i uint64, off int64) (l2Table, error) {
+	if err, ok := img.badL2.Load(off); ok {
+		return nil, err.(error)
+	}
 	if t, ok := img.l2cache.get(off); ok {
 		return t, nil
 	}
@@ -62,11 +69,33 @@ func (img *Image) loadL2(off int64) (l2Table, error) {
 			return t, nil
 		}
 		t, err := img.readL2(off)
-		if err == nil {
-			img.l2cache.put(off, t)
+		if err != nil {
+			return nil, err
 		}
-		return t, err
+		if err := img.checkFetched(l1i, off, t); err != nil {
+			return nil, err
+		}
+		img.l2cache.put(off, t)
+		return t, nil
 	})
+}
+
+// checkFetched applies the checks of Open's walk to the L2 table t just
+// fetched for L1 entry l1i (nothing before Open returns: the walk checks
+// what it fetches). A failing table's verdict is cached in img.badL2: it is
+// the error Open gives for that table (wrapping ErrUnsafe), and every later
+// read or map query that needs the table returns it without fetching it.
+func (img *Image) checkFetched(l1i uint64, off int64, t l2Table) error {
+	if !img.checkFetches {
+		return nil
+	}
+	v := &verdict{}
+	img.checkL2(v, l1i, off, t)
+	err := v.err()
+	if err != nil {
+		img.badL2.Store(off, err)
+	}
+	return err
 }
 
 // readL2 reads and decodes the L2 table at host offset off.
@@ -113,8 +142,11 @@ func (img *Image) lookup(off int64) (extent, error) {
 		rest := int64(img.l2Entries-l2i)<<img.clusterBits - inCluster
 		return extent{kind: kindUnallocated, length: rest}, nil
 	}
-	t, err := img.loadL2(l2off)
+	t, err := img.loadL2(l1i, l2off)
 	if err != nil {
+		if errors.Is(err, ErrUnsafe) {
+			return extent{}, err // the table's verdict, worded as Open's
+		}
 		return extent{}, fmt.Errorf("qcow2: L1 entry %d: %w", l1i, err)
 	}
 	var desc, bitmap uint64
