@@ -499,6 +499,7 @@ do_short_keystone() {
   D=$(cd "$D" && pwd); load_settings
   [ "$AUTH" = keystone ] || die "short-keystone: $D runs without Keystone (OSL_AUTH=$AUTH)"
   [ -f "$D/.initialised" ] || die "short-keystone: $D is not a started cloud"
+  pid_of keystone >/dev/null || die "short-keystone: the Keystone of $D is not running (cloud.sh start DIR)"
   if ! [[ $port =~ ^[0-9]{1,5}$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
     die "short-keystone: bad port '$port'"
   fi
