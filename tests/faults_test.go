@@ -567,6 +567,9 @@ func TestFaultScheduleCat(t *testing.T) {
 	}
 	t.Logf("FIGURE fault schedule (cat): seed=%d runs=%d (file server %d, glance %d; %d with an outage) faults=%d (%s) passed-through=%d exact=%d clear-errors=%d (%s) wrong-bytes=%d time=%s",
 		seed, len(outs), runs, glanceRuns, outage, s.total(), s.summary(), s.served.Load(), exact, failed, reasons, wrong, time.Since(start).Round(time.Second))
+	if runs < 32 {
+		return // too few runs to expect every outcome and kind
+	}
 	if exact == 0 || failed == 0 {
 		t.Errorf("%d exact runs and %d failed ones: the schedule should exercise both", exact, failed)
 	}
