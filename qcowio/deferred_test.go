@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/tests/testimg"
@@ -444,5 +445,98 @@ func TestDeferredRecheckAfterEviction(t *testing.T) {
 		if !errors.Is(err, ErrUnsafe) || !strings.Contains(err.Error(), "overlaps the L1 table") {
 			t.Fatalf("budget %d: read through a table changed after Open: %v, want the L1 overlap refused", budget, err)
 		}
+	}
+}
+
+// slowDevice adds a fixed latency to every read, as a remote source would.
+type slowDevice struct {
+	blockdev.Device
+	latency time.Duration
+}
+
+func (s slowDevice) ReadAt(p []byte, off int64) (int, error) {
+	time.Sleep(s.latency)
+	return s.Device.ReadAt(p, off)
+}
+
+// TestDeferredOpenFigure measures what Open reads from an image whose L1
+// table references many L2 tables, eager (every table walked) against
+// deferred, and what the first reads then cost. The L2 tables are fully
+// populated by zero writes over the whole disk (`qemu-io write -z`: each
+// entry is a zero cluster, so the file holds little but the tables), with
+// data written at the start and in the middle.
+func TestDeferredOpenFigure(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		size    int64
+		options string
+	}{
+		{"1 GiB disk with 4 KiB clusters", 1 << 30, "cluster_size=4096"},
+		{"256 GiB disk with 64 KiB clusters", 256 << 30, "cluster_size=65536"},
+	}
+	const latency = time.Millisecond
+	for _, tc := range cases {
+		path := filepath.Join(t.TempDir(), "img.qcow2")
+		testimg.QemuImg(t, "create", "-q", "-f", "qcow2", "-o", tc.options, path, fmt.Sprint(tc.size))
+		io := []string{"-f", "qcow2", path}
+		for off := int64(0); off < tc.size; off += 1 << 30 {
+			io = append(io, "-c", fmt.Sprintf("write -q -z %d %d", off, int64(1<<30)))
+		}
+		mid := tc.size/2 + 12345
+		io = append(io, "-c", "write -q -P 165 0 1M", "-c", fmt.Sprintf("write -q -P 90 %d 5000", mid))
+		testimg.QemuIO(t, io...)
+		q := parseTables(t, path)
+		tables := int64(len(q.tables()))
+		if tables != int64(len(q.l1)) {
+			t.Fatalf("%d of %d L1 entries have an L2 table, want all", tables, len(q.l1))
+		}
+
+		measure := func(budget int64) (*Image, int64, int64, time.Duration) {
+			dev := &recordingDevice{Device: slowDevice{openFile(t, path), latency}}
+			start := time.Now()
+			img, err := open(dev, Policy{}, budget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { img.Close() })
+			took := time.Since(start)
+			b, n := total(dev.take())
+			return img, b, n, took
+		}
+		eager, eagerBytes, eagerReads, eagerTook := measure(walkAll)
+		def, defBytes, defReads, defTook := measure(eagerWalkBytes)
+		lazy, lazyBytes, lazyReads, lazyTook := measure(0)
+		if eager.Info().DeferredL2Checks || !lazy.Info().DeferredL2Checks {
+			t.Fatal("modes not as asked")
+		}
+		if lazyBytes != eagerBytes-tables*q.cs || lazyBytes > q.cs+qcow2HeaderReadSize+8*int64(len(q.l1)) {
+			t.Fatalf("deferred Open read %d bytes, eager %d, %d tables of %d", lazyBytes, eagerBytes, tables, q.cs)
+		}
+
+		dev := &recordingDevice{Device: openFile(t, path)}
+		img := openDeferred(t, dev)
+		dev.take()
+		got := make([]byte, 1<<20)
+		if _, err := img.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(got, func(b byte) bool { return b != 165 }) {
+			t.Fatal("first MiB is not the pattern written")
+		}
+		firstBytes, firstReads := total(dev.take())
+		if _, err := img.ReadAt(got[:5000], mid); err != nil || slices.ContainsFunc(got[:5000], func(b byte) bool { return b != 90 }) {
+			t.Fatalf("read in the middle: %v", err)
+		}
+		midBytes, midReads := total(dev.take())
+		if d, err := img.NextData(1 << 20); err != nil || d != mid&^(q.cs-1) {
+			t.Fatalf("NextData(1 MiB) = %d, %v; want %d", d, err, mid&^(q.cs-1))
+		}
+		t.Logf("FIGURE deferred L2 checks, %s, %d L2 tables of %d bytes (%d bytes of L2 tables), %v per read: "+
+			"Open eager %d bytes in %d reads (%v); Open default budget (%d bytes: deferred=%v) %d bytes in %d reads (%v); "+
+			"Open deferred %d bytes in %d reads (%v); then first MiB %d bytes in %d reads, 5000 bytes mid-disk %d bytes in %d reads",
+			tc.name, tables, q.cs, tables*q.cs, latency,
+			eagerBytes, eagerReads, eagerTook.Round(time.Millisecond), eagerWalkBytes, def.Info().DeferredL2Checks, defBytes, defReads, defTook.Round(time.Millisecond),
+			lazyBytes, lazyReads, lazyTook.Round(time.Millisecond), firstBytes, firstReads, midBytes, midReads)
 	}
 }
