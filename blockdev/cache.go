@@ -353,6 +353,10 @@ func (c *Cache) load(run []*cblock) {
 	u := c.unit(run[0].piece)
 	start := run[0].idx * u
 	end := min((run[len(run)-1].idx+1)*u, c.size)
+	if vr, ok := c.d.(VectorReader); ok && len(run) > 1 && !run[0].piece {
+		c.loadVec(vr, run, start, end)
+		return
+	}
 	var buf []byte
 	var runBuf *[maxRunBytes]byte
 	switch {
@@ -386,6 +390,27 @@ func (c *Cache) load(run []*cblock) {
 	}
 	if runBuf != nil {
 		c.runPool.Put(runBuf)
+	}
+}
+
+// loadVec fetches a run of blocks [start, end) with one vectored read
+// straight into the blocks' buffers. The caller holds a c.sem slot.
+func (c *Cache) loadVec(vr VectorReader, run []*cblock, start, end int64) {
+	u := c.opts.BlockSize
+	bufs := make([][]byte, len(run))
+	for i, b := range run {
+		lo := b.idx * u
+		bufs[i] = c.allocBlock(min(lo+u, end) - lo)
+	}
+	err := vr.ReadVecAt(bufs, start)
+	<-c.sem
+	for i, b := range run {
+		if err != nil {
+			c.finish(b, nil, err)
+			c.recycle(bufs[i])
+			continue
+		}
+		c.finish(b, bufs[i], nil)
 	}
 }
 

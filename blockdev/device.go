@@ -20,6 +20,15 @@ type Device interface {
 	Size() int64
 }
 
+// VectorReader is implemented by devices that fill several buffers from
+// consecutive bytes at once: ReadVecAt fills bufs[0] from off, bufs[1]
+// from off+len(bufs[0]), and so on, and returns an error unless every
+// buffer is full. HTTP does it with one range request, so a Cache fetches a
+// run of blocks straight into the blocks' own buffers, without a copy.
+type VectorReader interface {
+	ReadVecAt(bufs [][]byte, off int64) error
+}
+
 // Mapper is implemented by devices that know where their data is. Offsets
 // are in the device's own address space. NextData returns the first offset
 // >= off that holds data, NextHole the first offset >= off that is a hole

@@ -227,7 +227,7 @@ func (h *HTTP) probe(ctx context.Context) error {
 	one := make([]byte, 1)
 	err := h.withRetry(ctx, func() error {
 		var err error
-		total, err = h.rangeOnce(ctx, one, 0, true)
+		total, err = h.rangeOnce(ctx, [][]byte{one}, 0, true)
 		return err
 	})
 	var sw *switchError
@@ -289,7 +289,7 @@ func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
 	h.mu.Unlock()
 	if s == nil {
 		err := h.withRetry(h.ctx, func() error {
-			_, err := h.rangeOnce(h.ctx, p[:n], off, false)
+			_, err := h.rangeOnce(h.ctx, [][]byte{p[:n]}, off, false)
 			return err
 		})
 		var sw *switchError
@@ -311,6 +311,49 @@ func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return n, eof
+}
+
+// ReadVecAt fills bufs from consecutive bytes at off with one range
+// request (retried as ReadAt's are), reading the body straight into each
+// buffer. In sequential mode it reads each buffer from the stream. The
+// range must lie within the object.
+func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
+	var total int64
+	for _, b := range bufs {
+		total += int64(len(b))
+	}
+	if off < 0 || off > h.size || total > h.size-off {
+		return fmt.Errorf("%s: read of %d bytes at %d: past the end (%d bytes): %w", h.name, total, off, h.size, io.ErrUnexpectedEOF)
+	}
+	if total == 0 {
+		return nil
+	}
+	h.mu.Lock()
+	s := h.seq
+	h.mu.Unlock()
+	if s == nil {
+		err := h.withRetry(h.ctx, func() error {
+			_, err := h.rangeOnce(h.ctx, bufs, off, false)
+			return err
+		})
+		var sw *switchError
+		if !errors.As(err, &sw) {
+			return err
+		}
+		if err := h.switchToSequential(sw); err != nil {
+			return err
+		}
+	}
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if _, err := h.ReadAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
 }
 
 // withRetry runs one request under the retry policy, renewing the token
@@ -435,11 +478,16 @@ type switchError struct {
 
 func (e *switchError) Error() string { return "server does not honour Range: " + e.status }
 
-// rangeOnce sends one range request for len(p) bytes at off and fills p.
-// probe allows the answer to say only the total size (1-byte request).
-// It returns the total size from Content-Range (-1 if "*").
-func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (int64, error) {
-	end := off + int64(len(p)) - 1
+// rangeOnce sends one range request for the bytes at off that fill bufs,
+// in order, and fills them. probe allows the answer to say only the total
+// size (1-byte request). It returns the total size from Content-Range (-1
+// if "*").
+func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bool) (int64, error) {
+	want := 0
+	for _, b := range bufs {
+		want += len(b)
+	}
+	end := off + int64(want) - 1
 	what := fmt.Sprintf("GET bytes=%d-%d", off, end)
 	// A timer rather than WithTimeout: a 200 answer's body must outlive
 	// this call as the sequential stream, which then owns cancel.
@@ -505,17 +553,25 @@ func (h *HTTP) rangeOnce(ctx context.Context, p []byte, off int64, probe bool) (
 	if resp.ContentLength >= 0 && resp.ContentLength != b-a+1 {
 		return -1, fmt.Errorf("%s: %s: Content-Length %d does not match Content-Range %q: %w", h.name, what, resp.ContentLength, cr, ErrRemote)
 	}
-	n, err := io.ReadFull(resp.Body, p)
+	var n int
+	for _, b := range bufs {
+		var m int
+		m, err = io.ReadFull(resp.Body, b)
+		n += m
+		if err != nil {
+			break
+		}
+	}
 	h.c.bytes.Add(int64(n))
 	var stall *stallError
 	if errors.As(err, &stall) && ctx.Err() == nil {
-		return -1, &transientError{err: fmt.Errorf("%s: %s: %v after %d of %d bytes", h.name, what, stall, n, len(p))}
+		return -1, &transientError{err: fmt.Errorf("%s: %s: %v after %d of %d bytes", h.name, what, stall, n, want)}
 	}
 	if err != nil && rctx.Err() != nil && ctx.Err() == nil {
-		return -1, &transientError{err: fmt.Errorf("%s: %s: body not complete within %s (%d of %d bytes)", h.name, what, h.opts.RequestTimeout, n, len(p))}
+		return -1, &transientError{err: fmt.Errorf("%s: %s: body not complete within %s (%d of %d bytes)", h.name, what, h.opts.RequestTimeout, n, want)}
 	}
 	if err != nil {
-		return -1, &transientError{err: fmt.Errorf("%s: %s: short body (%d of %d bytes): %v", h.name, what, n, len(p), err)}
+		return -1, &transientError{err: fmt.Errorf("%s: %s: short body (%d of %d bytes): %v", h.name, what, n, want, err)}
 	}
 	return total, nil
 }
