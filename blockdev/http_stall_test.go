@@ -15,7 +15,7 @@ import (
 
 // testStall is the StallTimeout of these tests: short, so that they run
 // fast; every assertion on time uses a bound far above it.
-const testStall = 200 * time.Millisecond
+const testStall = 500 * time.Millisecond
 
 // stallMidBody forwards the headers and the first half of the real answer,
 // then sends nothing more until the client gives up (or the test ends).
