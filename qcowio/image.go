@@ -55,10 +55,6 @@ type Image struct {
 	// metadata and the sorted offsets of every L2 table L1 references.
 	meta  []hostRange
 	l2set []int64
-	// deferred is true when Open did not walk the L2 tables (the image
-	// references more than its budget): each L2 table is then checked when
-	// a read or a map query first loads it.
-	deferred bool
 	// checkFetches is set once Open returns: from then on every L2 table
 	// fetched from the device below is checked before use, so a table the
 	// walk checked and the cache later evicted is checked again when
@@ -211,8 +207,8 @@ func (img *Image) readL1() error {
 // into each other or serve its own metadata as disk data.
 //
 // When the L2 tables total more than budget bytes, walk checks only the L1
-// entries (which need no L2 read), sets img.deferred and leaves each table's
-// checks to checkFetched when it is first loaded.
+// entries (which need no L2 read), sets Info.DeferredL2Checks and leaves
+// each table's checks to checkFetched when it is first loaded.
 func (img *Image) walk(v *verdict, budget int64) error {
 	img.meta = img.metadataRanges()
 	type l2ref struct {
@@ -255,7 +251,6 @@ func (img *Image) walk(v *verdict, budget int64) error {
 	slices.Sort(img.l2set)
 	// len(tables) <= maxL1TableBytes/8 and clusterSize <= 2 MiB: no overflow.
 	if int64(len(tables))*img.clusterSize > budget {
-		img.deferred = true
 		img.info.DeferredL2Checks = true
 		img.info.AllocatedBytes = -1
 		return nil
