@@ -45,7 +45,12 @@ func FuzzQcow2(f *testing.F) {
 			f.Add(b)
 		}
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Fuzz(fuzzQcow2)
+}
+
+// fuzzQcow2 is the body of FuzzQcow2.
+func fuzzQcow2(t *testing.T, data []byte) {
+	{
 		dev := bytes.NewReader(data)
 		pol := Policy{AllowDirty: true}
 		info, err := Inspect(dev, pol)
@@ -95,7 +100,7 @@ func FuzzQcow2(f *testing.F) {
 			}
 			off = h
 		}
-	})
+	}
 }
 
 // errSkip marks a query checkDeferred cannot make.
