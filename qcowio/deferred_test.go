@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -538,5 +539,55 @@ func TestDeferredOpenFigure(t *testing.T) {
 			tc.name, tables, q.cs, tables*q.cs, latency,
 			eagerBytes, eagerReads, eagerTook.Round(time.Millisecond), eagerWalkBytes, def.Info().DeferredL2Checks, defBytes, defReads, defTook.Round(time.Millisecond),
 			lazyBytes, lazyReads, lazyTook.Round(time.Millisecond), firstBytes, firstReads, midBytes, midReads)
+	}
+}
+
+// TestDeferredConcurrentReads reads random ranges of a deferred image with
+// one bad L2 table from many goroutines, with a one-table cache that
+// churns: every range touching the bad table fails, every other range is
+// exact, and the bad table is fetched once.
+func TestDeferredConcurrentReads(t *testing.T) {
+	t.Parallel()
+	base, plain := badTableBase(t, t.TempDir(), "")
+	path := filepath.Join(t.TempDir(), "bad.qcow2")
+	testimg.CopyFile(t, base, path)
+	q := parseTables(t, path)
+	patch(t, path, q.l1[0], be64(uint64(q.l1Off)|1<<63))
+	dev := &countingDevice{Device: openFile(t, path), at: q.l1[0]}
+	img := openDeferred(t, dev)
+	img.l2cache = newLRU[l2Table](0, 1, 1)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 2))
+			buf := make([]byte, 300<<10)
+			for range 100 {
+				n := 1 + r.IntN(len(buf))
+				off := r.IntN(6<<20 - n)
+				_, err := img.ReadAt(buf[:n], int64(off))
+				if off < 2<<20 {
+					if !errors.Is(err, ErrUnsafe) || !strings.Contains(err.Error(), "overlaps the L1 table") {
+						errs <- fmt.Errorf("read of %d at %d touching the bad table: %v", n, off, err)
+						return
+					}
+					continue
+				}
+				if err != nil || string(buf[:n]) != string(plain[off:off+n]) {
+					errs <- fmt.Errorf("read of %d at %d: %v or wrong bytes", n, off, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := dev.readsAt.Load(); n != 1 {
+		t.Fatalf("bad L2 table fetched %d times, want once", n)
 	}
 }
