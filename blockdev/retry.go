@@ -86,7 +86,22 @@ func retry(ctx context.Context, p RetryPolicy, onRetry func(), fn func() error) 
 	}
 	var te *transientError
 	if errors.As(err, &te) {
-		return fmt.Errorf("%w (gave up after %d attempts)", te.err, p.Attempts)
+		return &exhaustedError{fmt.Errorf("%w (gave up after %d attempts)", te.err, p.Attempts)}
 	}
 	return err
+}
+
+// exhaustedError is a transient failure that outlasted the retry policy:
+// the network may heal, so a later attempt may succeed.
+type exhaustedError struct{ err error }
+
+func (e *exhaustedError) Error() string { return e.err.Error() }
+func (e *exhaustedError) Unwrap() error { return e.err }
+
+// isNetworkFailure reports whether err is a transient failure, retried or
+// not, rather than a refusal or damage that a retry cannot change.
+func isNetworkFailure(err error) bool {
+	var te *transientError
+	var ex *exhaustedError
+	return errors.As(err, &te) || errors.As(err, &ex)
 }

@@ -18,18 +18,23 @@ import (
 // their bytes have arrived, and the download pauses once it is SeqAhead past
 // the furthest byte any reader asked for (and stops when the source closes).
 type sequential struct {
-	h    *HTTP
-	f    *os.File
-	size int64
-	done chan struct{}
+	h       *HTTP
+	f       *os.File
+	size    int64
+	streams sync.WaitGroup // running streams (at most one)
 
 	mu     sync.Mutex
 	cond   *sync.Cond
 	have   int64 // bytes [0, have) are on disk (and hashed)
 	want   int64 // furthest byte asked for
-	err    error // terminal failure
-	closed bool
-	cancel context.CancelFunc // ends the current stream's request
+	err    error // failure of the last stream; nil while one runs
+	// healable says err is a network failure (retries exhausted): the next
+	// read that needs more bytes starts a new stream, so a mount works again
+	// once the network heals. Other failures (integrity, 403, ...) stay.
+	healable bool
+	running  bool // a stream is running or being started
+	closed   bool
+	cancel   context.CancelFunc // ends the current stream's request
 
 	hash     hash.Hash
 	wantSum  []byte
@@ -65,7 +70,7 @@ func (h *HTTP) switchToSequential(sw *switchError) error {
 		}
 		h.size = resp.ContentLength
 	}
-	s := &sequential{h: h, size: h.size, done: make(chan struct{}), cancel: cancel}
+	s := &sequential{h: h, size: h.size, cancel: cancel, running: true}
 	s.cond = sync.NewCond(&s.mu)
 	if h.opts.Hash.Algo != "" {
 		var err error
@@ -83,7 +88,8 @@ func (h *HTTP) switchToSequential(sw *switchError) error {
 	}
 	s.f = f
 	h.seq = s
-	go s.run(resp)
+	s.streams.Add(1)
+	go s.run(resp, 0)
 	return nil
 }
 
@@ -144,24 +150,29 @@ func (h *HTTP) fullGet() (*http.Response, context.CancelFunc, error) {
 	return resp, cancel, err
 }
 
-// run streams until the object is complete, the source closes, or the
-// stream fails beyond the retry policy. A broken stream is restarted from
-// the start and the bytes already on disk are skipped.
-func (s *sequential) run(resp *http.Response) {
-	defer close(s.done)
+// run streams resp, whose first skip bytes are already on disk, until the
+// object is complete, the source closes, or the stream fails beyond the
+// retry policy. A broken stream is restarted from the start and the bytes
+// already on disk are skipped; a stream that made progress since the last
+// failure starts the retry count afresh.
+func (s *sequential) run(resp *http.Response, skip int64) {
+	defer s.streams.Done()
 	buf := make([]byte, 1<<20)
 	pol := s.h.opts.Retry.withDefaults()
-	skip := int64(0)
 	for failures := 0; ; {
 		err := s.consume(resp.Body, buf, skip)
 		resp.Body.Close()
 		s.mu.Lock()
 		s.cancel()
-		closed := s.closed
+		closed, progressed := s.closed, s.have > skip
 		s.mu.Unlock()
+		if progressed {
+			failures = 0
+		}
 		var te *transientError
 		switch {
 		case err == nil || closed:
+			s.fail(nil)
 			return
 		case !errors.As(err, &te) || failures+1 >= pol.Attempts:
 			s.fail(err)
@@ -186,13 +197,37 @@ func (s *sequential) run(resp *http.Response) {
 	}
 }
 
+// fail ends the current stream with err (nil: the object is complete or
+// the source closed) and wakes the readers.
 func (s *sequential) fail(err error) {
 	s.mu.Lock()
-	if s.err == nil {
-		s.err = err
-	}
+	s.running, s.err = false, err
+	s.healable = err != nil && isNetworkFailure(err)
 	s.cond.Broadcast()
 	s.mu.Unlock()
+}
+
+// restartLocked starts a new stream after a network failure, from the
+// bytes on disk on; s.mu is held (and released while the GET is sent).
+// On failure s.err says why.
+func (s *sequential) restartLocked() {
+	s.running, s.err, s.healable = true, nil, false
+	s.mu.Unlock()
+	resp, cancel, err := s.h.fullGet()
+	s.mu.Lock()
+	if err == nil && s.closed {
+		resp.Body.Close()
+		cancel()
+		err = errSourceClosed
+	}
+	if err != nil {
+		s.running, s.err, s.healable = false, err, isNetworkFailure(err)
+		s.cond.Broadcast()
+		return
+	}
+	s.cancel = cancel
+	s.streams.Add(1)
+	go s.run(resp, s.have)
 }
 
 // consume copies body to the file from offset have, skipping its first
@@ -266,6 +301,9 @@ func (s *sequential) readAt(p []byte, off int64) error {
 		s.want = end
 		s.cond.Broadcast()
 	}
+	if s.have < end && s.err != nil && s.healable && !s.running && !s.closed {
+		s.restartLocked()
+	}
 	for s.have < end && s.err == nil && !s.closed {
 		s.cond.Wait()
 	}
@@ -297,7 +335,7 @@ func (s *sequential) close() {
 	s.cancel()
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	<-s.done
+	s.streams.Wait()
 	s.f.Close()
 }
 

@@ -146,7 +146,11 @@ func TestHTTPFaultsExactOrClearError(t *testing.T) {
 			if r.code != 0 || !bytes.Equal(r.stdout, plain) {
 				t.Fatalf("exit %d, %d bytes, stderr %s", r.code, len(r.stdout), r.stderr)
 			}
-			if !strings.Contains(string(r.stderr), "retries") || strings.Contains(string(r.stderr), " 0 retries") {
+			// A reset before any answer on a kept-alive connection may be
+			// retried by Go's HTTP transport itself (a GET is replayable),
+			// unseen by imgfs's counter; the faults still happened (n).
+			retried := !strings.Contains(string(r.stderr), " 0 retries")
+			if !strings.Contains(string(r.stderr), "retries") || (!retried && name != "connection reset") {
 				t.Fatalf("stats do not show the retries: %s", r.stderr)
 			}
 			t.Logf("%d requests reached the proxy; %s", n.Load(), r.stderr)
