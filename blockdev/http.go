@@ -361,14 +361,20 @@ func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
 func (h *HTTP) withRetry(ctx context.Context, fn func() error) error {
 	renewed := false
 	return retry(ctx, h.opts.Retry, func() { h.c.retries.Add(1) }, func() error {
-		for {
+		for skips := 0; ; {
+			used := h.currentToken()
 			err := fn()
-			if !errors.Is(err, errUnauthorized) || h.opts.Token == nil || renewed {
+			if !errors.Is(err, errUnauthorized) || h.opts.Token == nil || renewed || skips > 1 {
 				return err
 			}
-			renewed = true
-			if rerr := h.renew(ctx); rerr != nil {
+			did, rerr := h.renew(ctx, used)
+			if rerr != nil {
 				return fmt.Errorf("%w; renewing the token failed: %v", err, rerr)
+			}
+			if did {
+				renewed = true
+			} else {
+				skips++ // another reader renewed it: try the new token
 			}
 		}
 	})
@@ -380,16 +386,22 @@ func (h *HTTP) currentToken() string {
 	return h.token
 }
 
-func (h *HTTP) renew(ctx context.Context) error {
+// renew replaces the rejected token, unless another reader has already
+// replaced it (parallel readers all see the same expiry: one of them
+// renews). did says whether this call renewed.
+func (h *HTTP) renew(ctx context.Context, rejected string) (did bool, err error) {
 	h.tokMu.Lock()
 	defer h.tokMu.Unlock()
+	if h.token != rejected {
+		return false, nil
+	}
 	t, err := h.opts.Token.Renew(ctx, h.token)
 	if err != nil {
-		return err
+		return false, err
 	}
 	h.token = t
 	h.c.renewals.Add(1)
-	return nil
+	return true, nil
 }
 
 // newRequest builds a GET with the token; rng is "" for the whole object.

@@ -581,3 +581,52 @@ func TestHTTPTimeoutRetried(t *testing.T) {
 		t.Fatalf("stats %+v, %d requests", h.Stats(), reqs.Load())
 	}
 }
+
+// Parallel readers that all see the same token expire renew it once: the
+// others retry with the token the first one got.
+func TestHTTPParallel401RenewsOnce(t *testing.T) {
+	data := testData(2<<20, 8)
+	const readers = 8
+	var rejected atomic.Int64
+	all := make(chan struct{})
+	srv, _ := faultServer(t, data, func(int64) fault {
+		return func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+			if r.Header.Get("X-Auth-Token") == "new" {
+				return false
+			}
+			if rejected.Add(1) == readers {
+				close(all)
+			}
+			<-all // every reader is rejected before any renews
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+	})
+	tok := &countingToken{}
+	h, err := OpenHTTP(context.Background(), srv.URL, HTTPOptions{Size: int64(len(data)), Token: tok, Retry: fastRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Go(func() {
+			off := int64(i) * 200000
+			buf := make([]byte, 100000)
+			if _, err := h.ReadAt(buf, off); err != nil {
+				errs <- err
+			} else if !bytes.Equal(buf, data[off:off+100000]) {
+				errs <- fmt.Errorf("reader %d: bytes differ", i)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := tok.renewals.Load(); n != 1 {
+		t.Fatalf("%d renewals for one expiry seen by %d readers, want 1", n, readers)
+	}
+}
