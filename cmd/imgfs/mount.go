@@ -109,7 +109,10 @@ func mountAction(c *cli.Context) error {
 			return fmt.Errorf("%s: disk.luks: %w", spec, err)
 		}
 	}
-	if img.Info != nil && img.Info.Qcow2 != nil {
+	// Unknown (-1) when Open deferred the L2 checks of a large image: the
+	// disk then looks fully allocated (st_blocks), and SEEK_HOLE still
+	// finds the holes.
+	if img.Info != nil && img.Info.Qcow2 != nil && img.Info.Qcow2.AllocatedBytes > 0 {
 		opts.DiskAllocated = img.Info.Qcow2.AllocatedBytes
 	}
 	if src.stats != nil {
