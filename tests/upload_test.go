@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/hex"
 	"path/filepath"
 	"regexp"
@@ -239,5 +240,41 @@ func TestUploadFailures(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, ".imgfs-upload-*"))
 	if len(left) != 0 {
 		t.Fatalf("temporary files left: %v", left)
+	}
+}
+
+// Raw LUKS holds whole 512-byte sectors: an upload of 1 MiB + 1000 bytes
+// is padded, and os_decrypt_size cuts the padding off again, so the
+// round trip is exact. Metadata that disagrees with the payload beyond the
+// padding is an error, not a guess.
+func TestUploadOddSizeCutToDecryptSize(t *testing.T) {
+	tc := needCloud(t)
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(1<<20+1000, 87)
+	in := testimg.WriteFile(t, dir, "disk.raw", plain)
+	pf := passFile(t, dir, testPassphrase)
+	id, _ := tc.upload(t, "--format", "luks", "--passphrase-file", pf, in)
+	tc.checkUploaded(t, id, "luks", "on_image_deletion", "passphrase", plain) // cat <id> == plain
+
+	stored := testimg.QemuLUKS1(t, dir, "img", plain[:1<<20], testPassphrase, testimg.QemuLUKSOpts{})
+	for _, c := range []struct {
+		size string
+		want []string
+	}{
+		{fmt.Sprint(1<<20 + 1), []string{"os_decrypt_size says 1048577 bytes", "1048576", "truncated"}},
+		{fmt.Sprint(1<<20 - 512), []string{"os_decrypt_size says 1048064 bytes", "more than one 512-byte sector of padding"}},
+		{"1.5GB", []string{`os_decrypt_size "1.5GB" is not a size in bytes`}},
+	} {
+		id := tc.uploadImage(t, "raw", map[string]string{"os_encrypt_format": "luks", "os_decrypt_size": c.size}, stored)
+		r := runImgfs(t, nil, "cat", "--passphrase-file", pf, id)
+		mustFail(t, r, c.want...)
+		if len(r.stdout) != 0 {
+			t.Fatalf("os_decrypt_size %s: %d bytes written", c.size, len(r.stdout))
+		}
+	}
+	// within one sector of padding: cut
+	id = tc.uploadImage(t, "raw", map[string]string{"os_encrypt_format": "luks", "os_decrypt_size": fmt.Sprint(1<<20 - 100)}, stored)
+	if got := mustImgfs(t, nil, "cat", "--passphrase-file", pf, id); !bytes.Equal(got, plain[:1<<20-100]) {
+		t.Fatalf("cut to os_decrypt_size: %d bytes, want %d", len(got), 1<<20-100)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/gophercloud/gophercloud/v2/openstack"
@@ -23,9 +24,11 @@ type source struct {
 	dev blockdev.Device
 	// info is shown under "source" in `imgfs info`; never secrets.
 	info map[string]any
-	// statedFormat and statedEncrypted come from metadata, not from magic.
-	statedFormat    string
-	statedEncrypted bool
+	// statedFormat, statedEncrypted and statedDecryptSize come from
+	// metadata, not from magic.
+	statedFormat      string
+	statedEncrypted   bool
+	statedDecryptSize int64
 	// key is the Barbican secret named by --key-id or the image's
 	// metadata; the key flags (--passphrase-file, --key-file) win over it.
 	key   keyring.Source
@@ -161,6 +164,14 @@ func openGlanceSource(ctx context.Context, c *cli.Context, id string) (*source, 
 	}
 	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify}
 	src.statedFormat, src.statedEncrypted = img.Stated()
+	if v := img.Property("os_decrypt_size"); v != "" && src.statedEncrypted {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n <= 0 {
+			g.Close()
+			return nil, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", id, v, blockdev.ErrRemote)
+		}
+		src.statedDecryptSize = n
+	}
 	keyID := c.String("key-id")
 	if keyID == "" {
 		keyID = img.KeyID()
@@ -277,6 +288,7 @@ func mergeStated(opts *image.Options, src *source) {
 		opts.Format = src.statedFormat
 	}
 	opts.StatedEncrypted = opts.StatedEncrypted || src.statedEncrypted
+	opts.DecryptSize = src.statedDecryptSize
 	if opts.Key == nil && src.key != nil {
 		opts.Key = src.key
 	}

@@ -52,6 +52,14 @@ type Options struct {
 	Unlock luksio.UnlockOptions
 	// Policy relaxes qcow2 safety checks.
 	Policy qcowio.Policy
+	// DecryptSize is the plaintext size the metadata states (Glance's
+	// os_decrypt_size); 0 if none. A raw LUKS payload is whole sectors, so
+	// an image of any other size was padded when it was encrypted: the
+	// disk is cut to DecryptSize when the padding is less than one sector,
+	// and a payload shorter than DecryptSize, or longer by a sector or
+	// more, is an error. qcow2 states its own virtual size; DecryptSize is
+	// not used for it.
+	DecryptSize int64
 }
 
 // Info is what `imgfs info` prints. It never holds key material.
@@ -213,7 +221,13 @@ func Open(ctx context.Context, src blockdev.Device, opts Options) (*Image, error
 		}
 		img.closers = append(img.closers, vol.Close)
 		img.Disk = vol
-		img.Info = &Info{Format: format, Encrypted: true, SourceSize: src.Size(), VirtualSize: vol.Size(), LUKS: h, Safe: true}
+		if opts.DecryptSize > 0 {
+			if img.Disk, err = trimPadding(vol, int64(h.SectorSize), opts.DecryptSize); err != nil {
+				img.Close()
+				return nil, err
+			}
+		}
+		img.Info = &Info{Format: format, Encrypted: true, SourceSize: src.Size(), VirtualSize: img.Disk.Size(), LUKS: h, Safe: true}
 		return img, nil
 	default:
 		q, err := qcowio.Open(src, opts.Policy)
@@ -247,4 +261,20 @@ func Open(ctx context.Context, src blockdev.Device, opts Options) (*Image, error
 		img.Disk = q
 		return img, nil
 	}
+}
+
+// trimPadding cuts the sector padding off a LUKS payload whose plaintext
+// size the metadata states.
+func trimPadding(vol blockdev.Device, sector, stated int64) (blockdev.Device, error) {
+	payload := vol.Size()
+	switch {
+	case stated > payload:
+		return nil, fmt.Errorf("os_decrypt_size says %d bytes but the LUKS payload holds %d: %w", stated, payload, blockdev.ErrTruncated)
+	case payload-stated >= max(sector, 512):
+		return nil, fmt.Errorf("os_decrypt_size says %d bytes but the LUKS payload holds %d, more than one %d-byte sector of padding: %w",
+			stated, payload, max(sector, 512), blockdev.ErrCorrupt)
+	case stated == payload:
+		return vol, nil
+	}
+	return blockdev.NewSection(vol, 0, stated)
 }
