@@ -3,8 +3,8 @@ package tests
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"encoding/hex"
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"strconv"
