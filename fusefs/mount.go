@@ -8,9 +8,8 @@
 // Files are mode 0400 and owned by the mounting user, the mount is "ro" with
 // default_permissions, and only the mounting user sees it unless AllowOther
 // is set (a non-root user then needs `user_allow_other` in /etc/fuse.conf).
-// Reads go straight to the Device below, up to 1016 KiB per request, in
-// parallel, and large replies reach the kernel through a pipe (vmsplice,
-// then splice into /dev/fuse) rather than a write; the kernel keeps its page cache across opens (the image is
+// Reads go straight to the Device below, up to 1 MiB per request, in
+// parallel; the kernel keeps its page cache across opens (the image is
 // immutable); SEEK_DATA/SEEK_HOLE come from the device's blockdev.Mapper.
 package fusefs
 
@@ -44,11 +43,9 @@ const (
 )
 
 const (
-	// maxRequest is the largest read the kernel may send (FUSE max_pages,
-	// up to 256 pages on Linux >= 4.20). It is 254 pages rather than 256 so
-	// that a reply, its header and go-fuse's spare page fit in one pipe of
-	// the default pipe-max-size (1 MiB), which spliceReply needs.
-	maxRequest = 1<<20 - 8<<10
+	// maxRequest is the largest read the kernel may send (FUSE max_pages:
+	// 256 pages on Linux >= 4.20). go-fuse caps it at what the kernel allows.
+	maxRequest = 1 << 20
 	// maxBackground is how many asynchronous (readahead) reads the kernel
 	// may have in flight at once; they are served in parallel.
 	maxBackground = 64
@@ -57,7 +54,7 @@ const (
 	cacheTimeout = time.Hour
 	// preferredBlockSize is st_blksize: tools that size their buffers by it
 	// (cp, cat) then issue 1 MiB reads.
-	preferredBlockSize = 1 << 20
+	preferredBlockSize = maxRequest
 	// readahead is the kernel's sequential readahead window for the mount:
 	// up to four maxRequest reads in flight at once, so that a sequential
 	// reader keeps decryption on every core and several fetches busy (as
@@ -192,9 +189,9 @@ func Mount(dir string, opts Options) (*Server, error) {
 			MaxReadAhead:  maxRequest,
 			MaxBackground: maxBackground,
 			DisableXAttrs: true,
-			// Large replies go through a pipe (spliceReply); maxRequest
-			// keeps header + data within the default pipe-max-size.
-			DisableSplice: false,
+			// Replies are built from memory; splicing them costs a pipe per
+			// request and fails for 1 MiB replies (header + data > pipe size).
+			DisableSplice: true,
 			Debug:         opts.Debug,
 			Logger:        log.New(os.Stderr, "imgfs-fuse: ", 0),
 		},

@@ -75,9 +75,6 @@ func (n *fileNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int
 		n.errs.report(n.name, off, want, err)
 		return nil, syscall.EIO
 	}
-	if r, ok := spliceReply(dest[:want]); ok {
-		return r, 0
-	}
 	return fuse.ReadResultData(dest[:want]), 0
 }
 
