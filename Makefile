@@ -43,7 +43,7 @@ fuzz-long:
 reliability: build
 	@$(GO) test -count=1 -v -run 'Hostile|KDFLimit|ZipBomb|Sparse1TiB|Dumpable|KeyMaterial|Leak' ./tests/ >bin/reliability.log 2>&1; \
 	  s=$$?; grep -E 'FIGURE|^(---|ok|FAIL|PASS)' bin/reliability.log; echo "log: bin/reliability.log"; exit $$s
-	@IMGFS_FAULT_RUNS=$${IMGFS_FAULT_RUNS:-500} tests/with-cloud.sh $(GO) test -count=1 -timeout 40m -v -run 'TestFaultSchedule' ./tests/ >bin/reliability-faults.log 2>&1; \
+	@IMGFS_FAULT_RUNS=$${IMGFS_FAULT_RUNS:-500} tests/with-cloud.sh $(GO) test -count=1 -timeout 40m -v -run 'TestFaultSchedule|TestTokenExpiresMidRead' ./tests/ >bin/reliability-faults.log 2>&1; \
 	  s=$$?; grep -E 'FIGURE|^ *(---|ok|FAIL|PASS)' bin/reliability-faults.log; echo "log: bin/reliability-faults.log"; exit $$s
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
