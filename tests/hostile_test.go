@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/fusefs"
 	"github.com/imgfs/imgfs/luksio"
 	"github.com/imgfs/imgfs/qcowio"
 	"github.com/imgfs/imgfs/tests/hostile"
@@ -442,31 +443,55 @@ func openFDs(t *testing.T) int {
 }
 
 // settled waits (up to 10 s) for goroutines that are ending to end, and
-// returns the goroutine count.
+// returns the goroutine count: until at most want are left, or, for want
+// 0 (a baseline), until the count has not changed for 300 ms.
 func settled(want int) int {
 	n := runtime.NumGoroutine()
-	for deadline := time.Now().Add(10 * time.Second); n > want && time.Now().Before(deadline); n = runtime.NumGoroutine() {
+	stable := time.Now()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if want > 0 && n <= want || want == 0 && time.Since(stable) >= 300*time.Millisecond {
+			break
+		}
 		time.Sleep(20 * time.Millisecond)
+		if m := runtime.NumGoroutine(); m != n {
+			n, stable = m, time.Now()
+		}
 	}
 	return n
 }
 
 // TestLeakOpenReadClose opens, reads and closes qcow2+LUKS and LUKS1 images
-// through the Go API, from a file and over HTTP range requests through the
-// block cache, 10 times each: afterwards this process has exactly the file
-// descriptors and goroutines it had before.
+// through the Go API, from a file, over HTTP range requests through the
+// block cache, and from a server that ignores Range (sequential mode, which
+// keeps an unlinked temporary file), 10 times each, some of them read
+// through a FUSE mount that is then unmounted: afterwards this process has
+// exactly the file descriptors and goroutines it had before, and the cache
+// directory holds no file.
 func TestLeakOpenReadClose(t *testing.T) {
+	testimg.Need(t, "fusermount3")
 	dir := t.TempDir()
 	qimg, _ := testimg.MakeQcow2(t, dir, "leak.qcow2", testimg.QcowImage{Size: 8 << 20, Passphrase: hostile.Pass,
 		Passes: [][]testimg.QcowWrite{{{Off: 0, Len: 3 << 20, Seed: 51}}}})
 	limg := hostile.LUKS1Base(t, dir)
-	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	files := http.FileServer(http.Dir(dir))
+	srv := httptest.NewServer(files)
 	defer srv.Close()
+	noRange := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Del("Range")
+		files.ServeHTTP(w, r)
+	}))
+	defer noRange.Close()
+	cacheDir := t.TempDir()
 
-	cycle := func(t *testing.T, path string, overHTTP bool) {
+	type how struct{ overHTTP, sequential, mount bool }
+	cycle := func(t *testing.T, path string, c how) {
 		var dev blockdev.Device
-		if overHTTP {
-			h, err := blockdev.OpenHTTP(context.Background(), srv.URL+"/"+filepath.Base(path), blockdev.HTTPOptions{})
+		if c.overHTTP {
+			base := srv.URL
+			if c.sequential {
+				base = noRange.URL
+			}
+			h, err := blockdev.OpenHTTP(context.Background(), base+"/"+filepath.Base(path), blockdev.HTTPOptions{CacheDir: cacheDir})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -504,23 +529,46 @@ func TestLeakOpenReadClose(t *testing.T) {
 			defer vol.Close()
 			disk = vol
 		}
-		if _, err := io.Copy(io.Discard, io.NewSectionReader(disk, 0, disk.Size())); err != nil {
+		if !c.mount {
+			if _, err := io.Copy(io.Discard, io.NewSectionReader(disk, 0, disk.Size())); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		mnt := t.TempDir()
+		s, err := fusefs.Mount(mnt, fusefs.Options{Disk: disk, ImageJSON: []byte("{}")})
+		if err != nil {
 			t.Fatal(err)
 		}
+		got, err := os.ReadFile(filepath.Join(mnt, fusefs.DiskName))
+		if err != nil || int64(len(got)) != disk.Size() {
+			t.Fatalf("read through the mount: %d bytes, %v", len(got), err)
+		}
+		if err := s.Unmount(); err != nil {
+			t.Fatal(err)
+		}
+		s.Wait()
 	}
 	for _, c := range []struct {
-		name     string
-		path     string
-		overHTTP bool
+		name string
+		path string
+		how  how
 	}{
-		{"qcow2+LUKS file", qimg, false}, {"LUKS1 file", limg, false},
-		{"qcow2+LUKS HTTP", qimg, true}, {"LUKS1 HTTP", limg, true},
+		{"qcow2+LUKS file", qimg, how{}}, {"LUKS1 file", limg, how{}},
+		{"qcow2+LUKS HTTP", qimg, how{overHTTP: true}}, {"LUKS1 HTTP", limg, how{overHTTP: true}},
+		{"LUKS1 HTTP sequential", limg, how{overHTTP: true, sequential: true}},
+		{"qcow2+LUKS file mount", qimg, how{mount: true}},
+		{"LUKS1 HTTP mount", limg, how{overHTTP: true, mount: true}},
+		{"qcow2+LUKS HTTP sequential mount", qimg, how{overHTTP: true, sequential: true, mount: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cycle(t, c.path, c.overHTTP) // warm-up: lazily started runtime goroutines
+			cycle(t, c.path, c.how) // warm-up: lazily started runtime goroutines
 			fds, gs := openFDs(t), settled(0)
 			for range 10 {
-				cycle(t, c.path, c.overHTTP)
+				cycle(t, c.path, c.how)
+			}
+			if ents, err := os.ReadDir(cacheDir); err != nil || len(ents) != 0 {
+				t.Fatalf("cache directory after 10 cycles: %d files (%v)", len(ents), err)
 			}
 			if g := settled(gs); g > gs {
 				buf := make([]byte, 1<<16)
