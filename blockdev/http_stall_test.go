@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,14 +20,7 @@ const testStall = 500 * time.Millisecond
 // then sends nothing more until the client gives up (or the test ends).
 func stallMidBody(release <-chan struct{}) fault {
 	return func(w http.ResponseWriter, r *http.Request, serve http.Handler) bool {
-		rec := httptest.NewRecorder()
-		serve.ServeHTTP(rec, r)
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		body := rec.Body.Bytes()
-		w.Write(body[:len(body)/2])
+		writeHalf(w, r, serve)
 		w.(http.Flusher).Flush()
 		select {
 		case <-r.Context().Done():

@@ -221,8 +221,9 @@ func reset(w http.ResponseWriter, _ *http.Request, _ http.Handler) bool {
 	return true
 }
 
-// shortBody announces the full range but sends half of it and closes.
-func shortBody(w http.ResponseWriter, r *http.Request, serve http.Handler) bool {
+// writeHalf sends the real answer's status and headers (announcing the
+// whole body) and the first half of its body.
+func writeHalf(w http.ResponseWriter, r *http.Request, serve http.Handler) {
 	rec := httptest.NewRecorder()
 	serve.ServeHTTP(rec, r)
 	for k, v := range rec.Header() {
@@ -231,6 +232,11 @@ func shortBody(w http.ResponseWriter, r *http.Request, serve http.Handler) bool 
 	w.WriteHeader(rec.Code)
 	body := rec.Body.Bytes()
 	w.Write(body[:len(body)/2])
+}
+
+// shortBody announces the full range but sends half of it and closes.
+func shortBody(w http.ResponseWriter, r *http.Request, serve http.Handler) bool {
+	writeHalf(w, r, serve)
 	conn, _, err := w.(http.Hijacker).Hijack()
 	if err == nil {
 		conn.Close()
