@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -799,4 +800,77 @@ func TestKeyMaterialNeverPrinted(t *testing.T) {
 		t.Fatal("fusermount3 missing")
 	}
 	t.Logf("FIGURE key hygiene: %d runs (success, wrong passphrase, key file, KDF refusal, info, mount image.json): no passphrase or volume key in any output", runs)
+}
+
+// A qcow2 image whose L2 tables total more than 8 MiB has each table
+// checked when a read first reaches it (opening a 1 TiB image must not
+// fetch 128 MiB of tables). The 5 GiB disk here, with 4 KiB clusters, has
+// 2560 L2 tables (10 MiB). A bad table is refused with the reason `imgfs
+// info` gives when a read reaches it: `cat` writes the bytes before it,
+// exactly, then stops (never pads); a bad first table means no byte at all.
+func TestHostileLargeImageDeferredChecks(t *testing.T) {
+	dir := t.TempDir()
+	const size = 5 << 30
+	var zero []testimg.QcowWrite
+	for off := int64(0); off < size; off += 1 << 30 { // qemu-io writes at most 2 GiB at once
+		zero = append(zero, testimg.QcowWrite{Off: off, Len: 1 << 30, Zero: true})
+	}
+	base, _ := testimg.MakeQcow2(t, dir, "big.qcow2", testimg.QcowImage{Size: size, Options: "cluster_size=4096",
+		Passes: [][]testimg.QcowWrite{zero}})
+	raw, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := binary.BigEndian
+	l1Off := int64(be.Uint64(raw[40:]))
+	if be.Uint32(raw[20:]) != 12 || be.Uint32(raw[36:]) != 2560 {
+		t.Fatalf("unexpected layout: cluster_bits %d, l1_size %d", be.Uint32(raw[20:]), be.Uint32(raw[36:]))
+	}
+	l2Of := func(i int64) int64 { return int64(be.Uint64(raw[l1Off+8*i:]) & 0x00fffffffffffe00) }
+	// Bad tables: L1 entries 0 and 1024 (disk offsets 0 and 2 GiB) map
+	// their first cluster onto the L1 table.
+	patched := func(name string, l1i int64) string {
+		b := append([]byte(nil), raw...)
+		be.PutUint64(b[l2Of(l1i):], uint64(l1Off)|1<<63)
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	first, middle := patched("first.qcow2", 0), patched("middle.qcow2", 1024)
+	const want = "overlaps the L1 table"
+
+	// the unpatched image reads: zeros around 2 GiB
+	got := mustImgfs(t, nil, "cat", "--offset", "2044M", "--length", "8M", base)
+	if len(got) != 8<<20 || !allZero(got) {
+		t.Fatalf("unpatched image: %d bytes, zero %v", len(got), allZero(got))
+	}
+	r := runImgfs(t, nil, "cat", "--offset", "2044M", "--length", "8M", middle)
+	if r.code == 0 || !strings.Contains(string(r.stderr), want) || !strings.Contains(string(r.stderr), "cluster 524288") {
+		t.Fatalf("bad table at 2 GiB: exit %d, stderr %s", r.code, r.stderr)
+	}
+	if len(r.stdout) != 4<<20 || !allZero(r.stdout) {
+		t.Fatalf("bad table at 2 GiB: %d bytes written before the error (want the 4 MiB before it, all zero)", len(r.stdout))
+	}
+	r = runImgfs(t, nil, "cat", "--length", "8M", first)
+	mustFail(t, r, want)
+	if len(r.stdout) != 0 {
+		t.Fatalf("bad first table: %d bytes written", len(r.stdout))
+	}
+	for _, p := range []string{first, middle} {
+		out := string(mustImgfs(t, nil, "info", p))
+		if !strings.Contains(out, "UNSAFE") || !strings.Contains(out, want) {
+			t.Fatalf("info walks every table and says UNSAFE %q:\n%s", want, out)
+		}
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
