@@ -23,11 +23,11 @@ type sequential struct {
 	size    int64
 	streams sync.WaitGroup // running streams (at most one)
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	have   int64 // bytes [0, have) are on disk (and hashed)
-	want   int64 // furthest byte asked for
-	err    error // failure of the last stream; nil while one runs
+	mu   sync.Mutex
+	cond *sync.Cond
+	have int64 // bytes [0, have) are on disk (and hashed)
+	want int64 // furthest byte asked for
+	err  error // failure of the last stream; nil while one runs
 	// healable says err is a network failure (retries exhausted): the next
 	// read that needs more bytes starts a new stream, so a mount works again
 	// once the network heals. Other failures (integrity, 403, ...) stay.
