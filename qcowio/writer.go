@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"sync"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/luksio"
@@ -83,17 +81,24 @@ func Write(ctx context.Context, w io.WriterAt, plain blockdev.Device, opts Write
 	}
 
 	chunk := max(int64(writeChunk), cs)
-	err := readOrdered(ctx, plain, size, chunk, func(off int64, buf []byte) error {
-		if err := qw.consume(off, buf); err != nil {
-			return err
+	err := blockdev.ReadOrdered(ctx, plain, blockdev.OrderedOptions{ChunkSize: chunk}, func(off int64, n int, data []byte) error {
+		// A hole allocates nothing: the clusters stay unallocated, and the
+		// next data chunk moves to its own L2 table.
+		if data != nil {
+			if err := qw.consume(off, data); err != nil {
+				return err
+			}
 		}
 		if opts.Progress != nil {
-			opts.Progress(int64(len(buf)))
+			opts.Progress(int64(n))
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
+	}
+	if opts.Progress != nil && size > plain.Size() {
+		opts.Progress(size - plain.Size()) // the rounding to 512, zeros
 	}
 	if err := qw.flushL2(); err != nil {
 		return 0, err
@@ -297,96 +302,6 @@ func (qw *qwriter) writeRefcounts() (tableOff, tableClusters, end int64, err err
 		}
 	}
 	return tableOff, tableClusters, total * cs, nil
-}
-
-// readOrdered reads [0, size) of d in chunks on several goroutines and hands
-// them to fn in order. Chunk buffers have room for a whole chunk; they are
-// zeroed after fn returns.
-func readOrdered(ctx context.Context, d blockdev.Device, size, chunk int64, fn func(off int64, buf []byte) error) error {
-	type job struct {
-		off  int64
-		buf  []byte
-		err  error
-		done chan struct{}
-	}
-	workers := max(2, runtime.GOMAXPROCS(0))
-	pool := sync.Pool{New: func() any { b := make([]byte, chunk); return &b }}
-	mapper, _ := d.(blockdev.Mapper)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	work := make(chan *job, workers+2)
-	ordered := make(chan *job, workers+2)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for j := range work {
-				j.err = readChunk(d, mapper, j.buf, j.off)
-				close(j.done)
-			}
-		})
-	}
-	go func() {
-		defer close(ordered)
-		defer close(work)
-		for off := int64(0); off < size; off += chunk {
-			n := min(chunk, size-off)
-			j := &job{off: off, buf: (*pool.Get().(*[]byte))[:n], done: make(chan struct{})}
-			select {
-			case ordered <- j:
-			case <-ctx.Done():
-				return
-			}
-			work <- j
-		}
-	}()
-	var err error
-	var done int64
-	for j := range ordered {
-		<-j.done
-		if err == nil {
-			err = j.err
-		}
-		if err == nil {
-			err = ctx.Err()
-		}
-		if err == nil {
-			err = fn(j.off, j.buf)
-		}
-		b := j.buf[:cap(j.buf)]
-		clear(b)
-		pool.Put(&b)
-		if err != nil {
-			cancel()
-		}
-		done += int64(len(j.buf))
-	}
-	wg.Wait()
-	if err == nil && done != size {
-		// The producer stopped early: the caller's context was cancelled.
-		err = ctx.Err()
-		if err == nil {
-			err = fmt.Errorf("qcow2 write: read %d of %d bytes", done, size)
-		}
-	}
-	return err
-}
-
-// readChunk fills buf with the plaintext at off; ranges past the device's
-// end (the 512-byte rounding) and holes of a Mapper read as zeros.
-func readChunk(d blockdev.Device, mapper blockdev.Mapper, buf []byte, off int64) error {
-	end := off + int64(len(buf))
-	if mapper != nil {
-		if next, err := mapper.NextData(off); errors.Is(err, io.EOF) || (err == nil && next >= end) {
-			clear(buf)
-			return nil
-		}
-	}
-	k := max(0, min(int64(len(buf)), d.Size()-off))
-	if err := blockdev.ReadFull(d, buf[:k], off); err != nil {
-		return fmt.Errorf("qcow2 write: read plaintext at %d: %w", off, err)
-	}
-	clear(buf[k:])
-	return nil
 }
 
 func isZero(b []byte) bool {

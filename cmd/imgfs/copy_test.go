@@ -59,27 +59,3 @@ func TestCopyRangeSparseAndExact(t *testing.T) {
 		t.Fatal("no chunk was left as a hole")
 	}
 }
-
-// The pipeline's chunk buffers are reused, not reallocated, and zeroed once
-// at the end.
-func TestChunkBufsReuseAndZero(t *testing.T) {
-	var bufs chunkBufs
-	a, b := bufs.get(), bufs.get()
-	if a == b {
-		t.Fatal("two live buffers are the same")
-	}
-	a[0], b[streamChunk-1] = 1, 2
-	bufs.put(a)
-	if c := bufs.get(); c != a {
-		t.Fatal("a returned buffer was not reused")
-	}
-	bufs.put(a)
-	bufs.put(b)
-	if len(bufs.all) != 2 {
-		t.Fatalf("%d buffers made for 2 in use at once", len(bufs.all))
-	}
-	bufs.zero()
-	if a[0] != 0 || b[streamChunk-1] != 0 {
-		t.Fatal("zero left plaintext in a buffer")
-	}
-}
