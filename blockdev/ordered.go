@@ -132,14 +132,15 @@ func readPiece(d Device, mapper Mapper, hint *holeHint, bufs *chunkBufs, off int
 		if hint.covers(off, end) {
 			return nil, nil
 		}
+		// An error means the map could not answer, perhaps because of
+		// damage past this chunk (a qcow2 L2 table checked when first
+		// read): then the chunk is read, and fails only if it is damaged
+		// itself.
 		next, err := mapper.NextData(off)
 		if errors.Is(err, io.EOF) {
 			next, err = math.MaxInt64, nil
 		}
-		if err != nil {
-			return nil, err
-		}
-		if next >= end {
+		if err == nil && next >= end {
 			hint.set(off, next)
 			return nil, nil
 		}

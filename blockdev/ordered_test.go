@@ -193,3 +193,42 @@ func TestReadOrderedStopsAtTheFirstError(t *testing.T) {
 		t.Fatalf("cancelled context: %v", err)
 	}
 }
+
+// badMap's data map cannot answer (as when a qcow2 L2 table further on is
+// damaged), and reads fail only inside [badFrom, badTo).
+type badMap struct {
+	*mappedMem
+	badFrom, badTo int64
+}
+
+func (b badMap) NextData(int64) (int64, error) { return 0, errors.New("L2 table damaged") }
+
+func (b badMap) ReadAt(p []byte, off int64) (int, error) {
+	if off < b.badTo && b.badFrom < off+int64(len(p)) {
+		return 0, errors.New("L2 table damaged")
+	}
+	return b.mappedMem.ReadAt(p, off)
+}
+
+// A data map that fails does not fail the chunks before the damage: they
+// are read (and come out right); the damaged chunk fails the stream.
+func TestReadOrderedMapErrorReadsTheChunk(t *testing.T) {
+	m := &mappedMem{size: 8 << 20, extents: [][2]int64{{0, 8 << 20}}, seed: 5}
+	d := badMap{m, 3 << 20, 4 << 20}
+	var seen int64
+	err := ReadOrdered(context.Background(), d, OrderedOptions{ChunkSize: 1 << 20, Workers: 4}, func(off int64, n int, data []byte) error {
+		for i := range data {
+			if data[i] != m.byteAt(off+int64(i)) {
+				t.Fatalf("byte %d differs", off+int64(i))
+			}
+		}
+		if data == nil {
+			t.Fatalf("chunk at %d reported as a hole", off)
+		}
+		seen = off + int64(n)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "damaged") || seen != 3<<20 {
+		t.Fatalf("err %v after %d bytes, want the damage after 3 MiB", err, seen)
+	}
+}
