@@ -150,7 +150,7 @@ func readPiece(d Device, mapper Mapper, hint *holeHint, bufs *chunkBufs, off int
 		bufs.put(buf)
 		return nil, err
 	}
-	if zeroIsHole && allZero(buf[:n]) {
+	if zeroIsHole && AllZero(buf[:n]) {
 		bufs.put(buf)
 		return nil, nil
 	}
@@ -216,8 +216,8 @@ func (c *chunkBufs) zero() {
 	}
 }
 
-// allZero reports whether b holds only zero bytes.
-func allZero(b []byte) bool {
+// AllZero reports whether b holds only zero bytes.
+func AllZero(b []byte) bool {
 	for len(b) >= 8 {
 		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
 			return false

@@ -104,7 +104,7 @@ func TestReadOrderedBytesHolesAndOrder(t *testing.T) {
 		t.Fatalf("%d reads, want 4 (holes are not read)", r)
 	}
 	for _, b := range kept {
-		if !allZero(b) {
+		if !AllZero(b) {
 			t.Fatal("a chunk buffer was not zeroed when ReadOrdered returned")
 		}
 	}

@@ -186,7 +186,7 @@ func (qw *qwriter) consume(off int64, buf []byte) error {
 			qw.cur = l1i
 		}
 		cl := buf[k*cs : min((k+1)*cs, n)]
-		if isZero(cl) {
+		if blockdev.AllZero(cl) {
 			continue
 		}
 		if runLen == 0 {
@@ -302,21 +302,6 @@ func (qw *qwriter) writeRefcounts() (tableOff, tableClusters, end int64, err err
 		}
 	}
 	return tableOff, tableClusters, total * cs, nil
-}
-
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func roundUpCluster(n, cs int64) int64 { return (n + cs - 1) / cs * cs }
