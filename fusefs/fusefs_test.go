@@ -290,9 +290,15 @@ func TestLargeReadsAndKeptPageCache(t *testing.T) {
 			dev.reads.Store(0)
 		}
 	}
-	// The second open must be served from the page cache (FOPEN_KEEP_CACHE).
-	if n := dev.reads.Load(); n != 0 {
-		t.Errorf("re-reading after reopen cost %d device reads, want 0 (page cache kept)", n)
+	// The second open must be served from the page cache (FOPEN_KEEP_CACHE):
+	// without it the kernel drops the file's pages at open and the re-read
+	// costs the 32 reads again. A page or two may still have been evicted
+	// under memory pressure (seen once in CI, with other packages' tests
+	// running beside this one), so a few reads are tolerated.
+	if n := dev.reads.Load(); n > 4 {
+		t.Errorf("re-reading after reopen cost %d device reads, want none (page cache kept)", n)
+	} else if n > 0 {
+		t.Logf("re-read after reopen: %d device reads (pages evicted meanwhile)", n)
 	}
 }
 
