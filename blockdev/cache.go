@@ -60,8 +60,6 @@ type Cache struct {
 	lastEnd  int64    // end of the previous read
 	seqBytes int64    // bytes read by the current sequential run
 
-	runPool sync.Pool // *[maxRunBytes]byte buffers for multi-block requests
-
 	vmu     sync.Mutex
 	vhash   hash.Hash
 	vwant   []byte
@@ -113,7 +111,6 @@ func NewCache(d Device, opts CacheOptions) (*Cache, error) {
 	}
 	c := &Cache{d: d, opts: opts, size: d.Size(), sem: make(chan struct{}, opts.Parallel),
 		blocks: map[int64]*cblock{}, pieces: map[int64]*cblock{}}
-	c.runPool.New = func() any { return new([maxRunBytes]byte) }
 	c.nblocks = (c.size + opts.BlockSize - 1) / opts.BlockSize
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
@@ -339,7 +336,8 @@ func (c *Cache) getRange(first, last int64, prefetch bool) []*cblock {
 	return out
 }
 
-// load fetches a run of consecutive units with one read, at most Parallel
+// load fetches a run of consecutive units with one read (one HTTP range
+// request: ReadVec) straight into the units' own buffers, at most Parallel
 // reads at a time.
 func (c *Cache) load(run []*cblock) {
 	select {
@@ -353,61 +351,23 @@ func (c *Cache) load(run []*cblock) {
 	u := c.unit(run[0].piece)
 	start := run[0].idx * u
 	end := min((run[len(run)-1].idx+1)*u, c.size)
-	if vr, ok := c.d.(VectorReader); ok && len(run) > 1 && !run[0].piece {
-		c.loadVec(vr, run, start, end)
-		return
-	}
-	var buf []byte
-	var runBuf *[maxRunBytes]byte
-	switch {
-	case run[0].piece:
-		buf = make([]byte, end-start)
-	case len(run) == 1:
-		buf = c.allocBlock(end - start)
-	case end-start <= maxRunBytes:
-		runBuf = c.runPool.Get().(*[maxRunBytes]byte)
-		buf = runBuf[:end-start]
-	default:
-		buf = make([]byte, end-start)
-	}
-	err := ReadFull(c.d, buf, start)
-	<-c.sem
-	for _, b := range run {
-		if err != nil {
-			c.finish(b, nil, err)
-			continue
-		}
-		lo := b.idx*u - start
-		data := buf[lo:min(lo+u, int64(len(buf)))]
-		if len(run) > 1 {
-			// each block is evicted on its own: copy it out of the run
-			data = append(c.allocBlock(int64(len(data)))[:0], data...)
-		}
-		c.finish(b, data, nil)
-	}
-	if err != nil && len(run) == 1 && !run[0].piece {
-		c.recycle(buf)
-	}
-	if runBuf != nil {
-		c.runPool.Put(runBuf)
-	}
-}
-
-// loadVec fetches a run of blocks [start, end) with one vectored read
-// straight into the blocks' buffers. The caller holds a c.sem slot.
-func (c *Cache) loadVec(vr VectorReader, run []*cblock, start, end int64) {
-	u := c.opts.BlockSize
 	bufs := make([][]byte, len(run))
 	for i, b := range run {
-		lo := b.idx * u
-		bufs[i] = c.allocBlock(min(lo+u, end) - lo)
+		n := min((b.idx+1)*u, end) - b.idx*u
+		if b.piece {
+			bufs[i] = make([]byte, n)
+		} else {
+			bufs[i] = c.allocBlock(n)
+		}
 	}
-	err := vr.ReadVecAt(bufs, start)
+	err := ReadVec(c.d, bufs, start)
 	<-c.sem
 	for i, b := range run {
 		if err != nil {
 			c.finish(b, nil, err)
-			c.recycle(bufs[i])
+			if !b.piece {
+				c.recycle(bufs[i])
+			}
 			continue
 		}
 		c.finish(b, bufs[i], nil)

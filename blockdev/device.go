@@ -29,6 +29,21 @@ type VectorReader interface {
 	ReadVecAt(bufs [][]byte, off int64) error
 }
 
+// ReadVec fills bufs from consecutive bytes of d at off: with one
+// ReadVecAt when d is a VectorReader, else with one ReadFull per buffer.
+func ReadVec(d Device, bufs [][]byte, off int64) error {
+	if vr, ok := d.(VectorReader); ok {
+		return vr.ReadVecAt(bufs, off)
+	}
+	for _, b := range bufs {
+		if err := ReadFull(d, b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
 // Mapper is implemented by devices that know where their data is. Offsets
 // are in the device's own address space. NextData returns the first offset
 // >= off that holds data, NextHole the first offset >= off that is a hole

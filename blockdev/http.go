@@ -284,30 +284,7 @@ func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
 	if n == 0 {
 		return 0, eof
 	}
-	h.mu.Lock()
-	s := h.seq
-	h.mu.Unlock()
-	if s == nil {
-		err := h.withRetry(h.ctx, func() error {
-			_, err := h.rangeOnce(h.ctx, [][]byte{p[:n]}, off, false)
-			return err
-		})
-		var sw *switchError
-		switch {
-		case errors.As(err, &sw):
-			if err := h.switchToSequential(sw); err != nil {
-				return 0, err
-			}
-		case err != nil:
-			return 0, err
-		default:
-			return n, eof
-		}
-		h.mu.Lock()
-		s = h.seq
-		h.mu.Unlock()
-	}
-	if err := s.readAt(p[:n], off); err != nil {
+	if err := h.ReadVecAt([][]byte{p[:n]}, off); err != nil {
 		return 0, err
 	}
 	return n, eof
@@ -343,12 +320,12 @@ func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
 		if err := h.switchToSequential(sw); err != nil {
 			return err
 		}
+		h.mu.Lock()
+		s = h.seq
+		h.mu.Unlock()
 	}
 	for _, b := range bufs {
-		if len(b) == 0 {
-			continue
-		}
-		if _, err := h.ReadAt(b, off); err != nil {
+		if err := s.readAt(b, off); err != nil {
 			return err
 		}
 		off += int64(len(b))
