@@ -2,9 +2,6 @@ package blockdev
 
 import (
 	"fmt"
-	"sync/atomic"
-
-	"github.com/dustin/go-humanize"
 )
 
 // Stats are the counters of a remote source and the cache in front of it.
@@ -21,7 +18,7 @@ type Stats struct {
 // String formats the counters on one line for `imgfs cat --stats`.
 func (s Stats) String() string {
 	return fmt.Sprintf("%d requests, %s (%d bytes) fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
-		s.Requests, humanize.IBytes(uint64(s.BytesFetched)), s.BytesFetched, s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
+		s.Requests, IBytes(s.BytesFetched), s.BytesFetched, s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
 }
 
 // StatsReporter is implemented by devices that keep Stats: the HTTP source
@@ -30,25 +27,8 @@ type StatsReporter interface {
 	Stats() Stats
 }
 
-// counters is the shared, lock-free form of Stats.
-type counters struct {
-	requests, bytes, retries, renewals, hits, misses, readAhead atomic.Int64
-}
-
-func (c *counters) snapshot() Stats {
-	return Stats{
-		Requests:     c.requests.Load(),
-		BytesFetched: c.bytes.Load(),
-		Retries:      c.retries.Load(),
-		TokenRenewal: c.renewals.Load(),
-		CacheHits:    c.hits.Load(),
-		CacheMisses:  c.misses.Load(),
-		ReadAhead:    c.readAhead.Load(),
-	}
-}
-
-// add returns the sum of two Stats (the cache's and its source's).
-func (s Stats) add(o Stats) Stats {
+// Add returns the sum of two Stats (a cache's and its source's).
+func (s Stats) Add(o Stats) Stats {
 	return Stats{
 		Requests:     s.Requests + o.Requests,
 		BytesFetched: s.BytesFetched + o.BytesFetched,
@@ -58,4 +38,21 @@ func (s Stats) add(o Stats) Stats {
 		CacheMisses:  s.CacheMisses + o.CacheMisses,
 		ReadAhead:    s.ReadAhead + o.ReadAhead,
 	}
+}
+
+// IBytes formats a byte count with a binary unit, as "1.5 MiB".
+func IBytes(n int64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	if v < 10 {
+		return fmt.Sprintf("%.1f %ciB", v, units[i])
+	}
+	return fmt.Sprintf("%.0f %ciB", v, units[i])
 }

@@ -1,6 +1,9 @@
-// Package blockdev provides the sources of ciphertext that every imgfs layer
-// reads from: local files, byte ranges of other devices and (later) HTTP and
-// Glance sources, plus the wrappers that cache, count and retry.
+// Package blockdev is the contract every imgfs layer shares: Device (an
+// io.ReaderAt of fixed size) with its optional abilities (VectorReader,
+// Mapper), local files, sections of other devices, the ordered parallel
+// read behind cat and export, and the counters remote sources keep. It uses
+// the standard library only; remote sources live in blockdev/remote and
+// blockdev/rbd.
 //
 // Every layer of imgfs is a Device: an io.ReaderAt of a fixed size. A layer
 // takes the Device below it and is itself a Device, so a whole read path is a
@@ -62,8 +65,6 @@ var (
 	ErrTruncated = errors.New("truncated image")
 	// ErrUnsupported means a valid feature that imgfs does not implement.
 	ErrUnsupported = errors.New("unsupported")
-	// ErrOutOfRange means a read starts past the end of a device.
-	ErrOutOfRange = errors.New("offset past the end")
 )
 
 // ReadFull reads exactly len(p) bytes at off from d. A short read is reported
@@ -79,9 +80,10 @@ func ReadFull(d io.ReaderAt, p []byte, off int64) error {
 	return fmt.Errorf("read %d bytes at %d: %w", len(p), off, err)
 }
 
-// clip limits a read of len(p) bytes at off to a device of the given size.
-// It returns the usable length and io.EOF when the read is short.
-func clip(p []byte, off, size int64) (int, error) {
+// Clip limits a read of len(p) bytes at off to a device of the given size:
+// it returns how many bytes lie inside the device, and io.EOF if that is
+// fewer than len(p).
+func Clip(p []byte, off, size int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("negative offset %d", off)
 	}
@@ -97,6 +99,3 @@ func clip(p []byte, off, size int64) (int, error) {
 	return len(p), nil
 }
 
-// Clip is clip for other packages: it returns how many of len(p) bytes at
-// off lie inside a device of the given size, and io.EOF if that is fewer.
-func Clip(p []byte, off, size int64) (int, error) { return clip(p, off, size) }

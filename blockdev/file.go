@@ -28,7 +28,7 @@ func OpenFile(path string) (*File, error) {
 
 // ReadAt implements io.ReaderAt.
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
-	n, eof := clip(p, off, f.size)
+	n, eof := Clip(p, off, f.size)
 	if n == 0 {
 		return 0, eof
 	}

@@ -33,7 +33,7 @@ func (m *mappedMem) byteAt(off int64) byte {
 
 func (m *mappedMem) ReadAt(p []byte, off int64) (int, error) {
 	m.reads.Add(1)
-	n, eof := clip(p, off, m.size)
+	n, eof := Clip(p, off, m.size)
 	for i := range n {
 		p[i] = m.byteAt(off + int64(i))
 	}

@@ -23,7 +23,7 @@ func NewSection(d Device, off, size int64) (*Section, error) {
 
 // ReadAt implements io.ReaderAt.
 func (s *Section) ReadAt(p []byte, off int64) (int, error) {
-	n, eof := clip(p, off, s.size)
+	n, eof := Clip(p, off, s.size)
 	if n == 0 {
 		return 0, eof
 	}

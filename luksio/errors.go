@@ -14,6 +14,13 @@ import (
 var (
 	// ErrNotLUKS means the data does not start with a LUKS magic.
 	ErrNotLUKS = errors.New("not a LUKS volume")
+	// ErrKeyRequired means an encrypted image (raw LUKS or qcow2+LUKS) was
+	// opened or read without a key.
+	ErrKeyRequired = errors.New("image is encrypted: a key is required")
+	// ErrNotEncrypted means a key was given for an image that is not
+	// encrypted: imgfs never guesses, and a damaged LUKS header must not
+	// pass as plaintext.
+	ErrNotEncrypted = errors.New("a key was given but the image is not encrypted (a damaged LUKS header is not plaintext)")
 	// ErrWrongPassphrase means no keyslot could be unlocked with the passphrase.
 	ErrWrongPassphrase = errors.New("no keyslot matches the passphrase")
 	// ErrUnsupportedCipher means a cipher specification that luksio does not implement.

@@ -39,13 +39,13 @@ func (img *Image) readLUKSHeader(v *verdict) {
 }
 
 // Unlock opens the embedded LUKS header with the passphrase. Reads of an
-// encrypted image before Unlock fail with ErrKeyRequired. Unlock on an
-// unencrypted image fails with ErrNotEncrypted: a key given for such an image
+// encrypted image before Unlock fail with luksio.ErrKeyRequired. Unlock on an
+// unencrypted image fails with luksio.ErrNotEncrypted: a key given for such an image
 // must not be silently ignored. A wrong passphrase yields an error wrapping
 // luksio.ErrWrongPassphrase.
 func (img *Image) Unlock(passphrase []byte, opts luksio.UnlockOptions) error {
 	if !img.encrypted {
-		return fmt.Errorf("qcow2: unlock: %w", ErrNotEncrypted)
+		return fmt.Errorf("qcow2: unlock: %w", luksio.ErrNotEncrypted)
 	}
 	if img.luksHdr == nil {
 		return fmt.Errorf("qcow2: unlock: no readable LUKS header: %w", blockdev.ErrCorrupt)
@@ -90,7 +90,7 @@ func (img *Image) readStateLocked() (*luksio.SectorCipher, error) {
 	case !img.encrypted:
 		return nil, nil
 	case img.cipher == nil:
-		return nil, ErrKeyRequired
+		return nil, luksio.ErrKeyRequired
 	}
 	return img.cipher, nil
 }

@@ -111,8 +111,8 @@ func TestLUKSKeyHandling(t *testing.T) {
 	path, plain := bigLUKS(t)
 	img := openImage(t, path)
 	buf := make([]byte, 4096)
-	if n, err := img.ReadAt(buf, 0); !errors.Is(err, ErrKeyRequired) || n != 0 {
-		t.Fatalf("read before Unlock = %d, %v; want ErrKeyRequired", n, err)
+	if n, err := img.ReadAt(buf, 0); !errors.Is(err, luksio.ErrKeyRequired) || n != 0 {
+		t.Fatalf("read before Unlock = %d, %v; want luksio.ErrKeyRequired", n, err)
 	}
 	if _, err := img.NextData(0); err != nil {
 		t.Fatalf("NextData needs no key: %v", err)
@@ -120,8 +120,8 @@ func TestLUKSKeyHandling(t *testing.T) {
 	if err := img.Unlock([]byte("wrong passphrase"), anySlot); !errors.Is(err, luksio.ErrWrongPassphrase) {
 		t.Fatalf("Unlock with a wrong passphrase: %v, want ErrWrongPassphrase", err)
 	}
-	if _, err := img.ReadAt(buf, 0); !errors.Is(err, ErrKeyRequired) {
-		t.Fatalf("read after a failed Unlock: %v, want ErrKeyRequired", err)
+	if _, err := img.ReadAt(buf, 0); !errors.Is(err, luksio.ErrKeyRequired) {
+		t.Fatalf("read after a failed Unlock: %v, want luksio.ErrKeyRequired", err)
 	}
 	if err := img.Unlock([]byte(testPass), anySlot); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestLUKSKeyHandling(t *testing.T) {
 	}
 
 	plainPath, _ := testimg.MakeQcow2(t, t.TempDir(), "plain.qcow2", testimg.QcowImage{Size: 1 << 20})
-	if err := openImage(t, plainPath).Unlock([]byte(testPass), anySlot); !errors.Is(err, ErrNotEncrypted) {
-		t.Fatalf("Unlock of an unencrypted image: %v, want ErrNotEncrypted", err)
+	if err := openImage(t, plainPath).Unlock([]byte(testPass), anySlot); !errors.Is(err, luksio.ErrNotEncrypted) {
+		t.Fatalf("Unlock of an unencrypted image: %v, want luksio.ErrNotEncrypted", err)
 	}
 }

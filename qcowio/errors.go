@@ -3,7 +3,8 @@ package qcowio
 import "errors"
 
 // Error kinds of this package. They are wrapped with context; test them with
-// errors.Is. Structural problems also wrap blockdev.ErrCorrupt,
+// errors.Is. Key errors are luksio.ErrKeyRequired and luksio.ErrNotEncrypted.
+// Structural problems also wrap blockdev.ErrCorrupt,
 // blockdev.ErrTruncated or blockdev.ErrUnsupported.
 var (
 	// ErrNotQcow2 means the device does not start with the qcow2 magic.
@@ -11,10 +12,6 @@ var (
 	// ErrUnsafe means the image fails the safety policy; the error text lists
 	// every reason.
 	ErrUnsafe = errors.New("unsafe qcow2 image")
-	// ErrKeyRequired means data of an encrypted image was read before Unlock.
-	ErrKeyRequired = errors.New("encrypted qcow2 image: key required")
 	// ErrInsecureEncryption means the image uses legacy qcow2 AES encryption.
 	ErrInsecureEncryption = errors.New("legacy qcow2 AES encryption is insecure and unsupported")
-	// ErrNotEncrypted means a key was given for an image that is not encrypted.
-	ErrNotEncrypted = errors.New("qcow2 image is not encrypted")
 )

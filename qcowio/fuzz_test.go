@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgfs/imgfs/luksio"
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
@@ -27,7 +28,7 @@ var fuzzSeeds = []testimg.QcowImage{
 
 // FuzzQcow2 feeds arbitrary bytes through Inspect, Open, reads and the data
 // map: nothing may panic, Inspect's verdict must agree with Open, and reads
-// of an encrypted image without a key must fail with ErrKeyRequired. Each
+// of an encrypted image without a key must fail with luksio.ErrKeyRequired. Each
 // input is also opened with every L2 check deferred (checkDeferred): it
 // must never serve what the eager checks refuse.
 func FuzzQcow2(f *testing.F) {
@@ -75,7 +76,7 @@ func fuzzQcow2(t *testing.T, data []byte) {
 		buf := make([]byte, 64<<10)
 		for off := int64(0); off < min(img.Size(), 1<<20); off += int64(len(buf)) - 1000 {
 			_, err := img.ReadAt(buf, off)
-			if img.Encrypted() && !errors.Is(err, ErrKeyRequired) {
+			if img.Encrypted() && !errors.Is(err, luksio.ErrKeyRequired) {
 				t.Fatalf("read of an encrypted image without a key: %v", err)
 			}
 		}

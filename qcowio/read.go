@@ -17,7 +17,7 @@ var sectorPool = sync.Pool{New: func() any { return new([sectorSize]byte) }}
 // ReadAt reads plaintext of the virtual disk, with io.ReaderAt semantics.
 // Contiguous host clusters are read from the device below in one request and
 // decrypted in place. Reads of an encrypted image before Unlock fail with
-// ErrKeyRequired.
+// luksio.ErrKeyRequired.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	img.mu.RLock()
 	defer img.mu.RUnlock()

@@ -1,4 +1,4 @@
-package blockdev
+package remote
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+
+	"github.com/imgfs/imgfs/blockdev"
 )
 
 // CacheOptions configure a Cache. Zero values take the defaults.
@@ -42,7 +44,7 @@ const (
 // blocks in parallel before they are asked for. A failed fetch is not
 // cached: the next read of the block tries again.
 type Cache struct {
-	d       Device
+	d       blockdev.Device
 	opts    CacheOptions
 	size    int64
 	nblocks int64
@@ -82,7 +84,7 @@ type cblock struct {
 }
 
 // NewCache puts a block cache in front of d.
-func NewCache(d Device, opts CacheOptions) (*Cache, error) {
+func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 	if opts.BlockSize <= 0 {
 		opts.BlockSize = DefaultBlockSize
 	}
@@ -127,10 +129,10 @@ func NewCache(d Device, opts CacheOptions) (*Cache, error) {
 func (c *Cache) Size() int64 { return c.size }
 
 // Stats returns the cache's counters plus those of the device below.
-func (c *Cache) Stats() Stats {
+func (c *Cache) Stats() blockdev.Stats {
 	s := c.c.snapshot()
-	if r, ok := c.d.(StatsReporter); ok {
-		s = s.add(r.Stats())
+	if r, ok := c.d.(blockdev.StatsReporter); ok {
+		s = s.Add(r.Stats())
 	}
 	return s
 }
@@ -158,7 +160,7 @@ func (c *Cache) Close() error {
 
 // ReadAt implements io.ReaderAt.
 func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
-	n, eof := clip(p, off, c.size)
+	n, eof := blockdev.Clip(p, off, c.size)
 	if n == 0 {
 		return 0, eof
 	}
@@ -360,7 +362,7 @@ func (c *Cache) load(run []*cblock) {
 			bufs[i] = c.allocBlock(n)
 		}
 	}
-	err := ReadVec(c.d, bufs, start)
+	err := blockdev.ReadVec(c.d, bufs, start)
 	<-c.sem
 	for i, b := range run {
 		if err != nil {

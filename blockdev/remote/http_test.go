@@ -1,4 +1,4 @@
-package blockdev
+package remote
 
 import (
 	"bytes"
@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/imgfs/imgfs/blockdev"
 )
 
 func testData(n int, seed uint64) []byte {
@@ -50,7 +52,7 @@ func fileServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int64) {
 
 var fastRetry = RetryPolicy{Attempts: 5, Base: time.Millisecond, Max: 5 * time.Millisecond}
 
-func checkReads(t *testing.T, d Device, data []byte, seed uint64, count int) {
+func checkReads(t *testing.T, d blockdev.Device, data []byte, seed uint64, count int) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 7))
 	for i := 0; i < count; i++ {

@@ -1,4 +1,4 @@
-package keyring_test
+package cloud_test
 
 import (
 	"bytes"
@@ -15,22 +15,21 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
 
-	"github.com/imgfs/imgfs/blockdev"
-	"github.com/imgfs/imgfs/keyring"
+	"github.com/imgfs/imgfs/cloud"
 )
 
 // barbican connects to the real Barbican of the test cloud that
 // tests/with-cloud.sh starts; without it the test fails in CI and skips
 // loudly elsewhere.
-func barbican(t *testing.T, cloud string) *gophercloud.ServiceClient {
+func barbican(t *testing.T, cloudName string) *gophercloud.ServiceClient {
 	t.Helper()
 	if os.Getenv("IMGFS_TEST_CLOUD") != "1" {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("no test cloud: run the tests through tests/with-cloud.sh, as `make test` does")
 		}
-		t.Skip("SKIP: no local OpenStack cloud: run `tests/with-cloud.sh go test ./keyring/` to test Barbican")
+		t.Skip("SKIP: no local OpenStack cloud: run `tests/with-cloud.sh go test ./cloud/` to test Barbican")
 	}
-	c, err := blockdev.ConnectCloud(context.Background(), cloud)
+	c, err := cloud.Connect(context.Background(), cloudName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +78,7 @@ func TestBarbicanPassphraseByType(t *testing.T) {
 		t.Run(c.typ, func(t *testing.T) {
 			id, ref := store(t, kc, c.typ, c.payload)
 			for _, sid := range []string{id, ref} {
-				got, err := keyring.Barbican{Client: kc, SecretID: sid}.Passphrase(context.Background())
+				got, err := cloud.Barbican{Client: kc, SecretID: sid}.Passphrase(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -96,19 +95,19 @@ func TestBarbicanErrors(t *testing.T) {
 	kc := barbican(t, "")
 	admin := barbican(t, "loopback-admin")
 	missing := "11111111-2222-4333-8444-555555555555"
-	_, err := keyring.Barbican{Client: kc, SecretID: missing}.Passphrase(context.Background())
-	if !errors.Is(err, keyring.ErrSecret) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "404") {
+	_, err := cloud.Barbican{Client: kc, SecretID: missing}.Passphrase(context.Background())
+	if !errors.Is(err, cloud.ErrSecret) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("missing secret: %v", err)
 	}
 	foreign, _ := store(t, admin, "passphrase", []byte("admin-only-payload"))
-	_, err = keyring.Barbican{Client: kc, SecretID: foreign}.Passphrase(context.Background())
-	if !errors.Is(err, keyring.ErrSecret) || !strings.Contains(err.Error(), foreign) || !strings.Contains(err.Error(), "403") {
+	_, err = cloud.Barbican{Client: kc, SecretID: foreign}.Passphrase(context.Background())
+	if !errors.Is(err, cloud.ErrSecret) || !strings.Contains(err.Error(), foreign) || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("foreign secret: %v", err)
 	}
 	if strings.Contains(err.Error(), "admin-only-payload") {
 		t.Fatal("payload in the error")
 	}
-	if _, err := (keyring.Barbican{Client: kc, SecretID: "x?y"}).Passphrase(context.Background()); !errors.Is(err, keyring.ErrSecret) {
+	if _, err := (cloud.Barbican{Client: kc, SecretID: "x?y"}).Passphrase(context.Background()); !errors.Is(err, cloud.ErrSecret) {
 		t.Fatalf("bad id: %v", err)
 	}
 }

@@ -5,7 +5,7 @@
 // It never guesses: a stated format that disagrees with the magic is an
 // error, a key given for an unencrypted image is an error, and an encrypted
 // image opened without a key is an error.
-package image
+package imgfs
 
 import (
 	"bytes"

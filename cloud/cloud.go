@@ -1,4 +1,4 @@
-package blockdev
+package cloud
 
 import (
 	"context"
@@ -11,11 +11,13 @@ import (
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
+
+	"github.com/imgfs/imgfs/blockdev/remote"
 )
 
-// Cloud is an authenticated OpenStack session: the provider client whose
+// Session is an authenticated OpenStack session: the provider client whose
 // token the Glance and Barbican requests carry, and where to find endpoints.
-type Cloud struct {
+type Session struct {
 	Provider *gophercloud.ProviderClient
 	Endpoint gophercloud.EndpointOpts
 	// Name is the clouds.yaml entry used, or "OS_* environment".
@@ -24,10 +26,10 @@ type Cloud struct {
 	HTTP *http.Client
 }
 
-// ConnectCloud authenticates from clouds.yaml when a cloud name is given
+// Connect authenticates from clouds.yaml when a cloud name is given
 // (or OS_CLOUD is set; OS_CLIENT_CONFIG_FILE names the file), else from the
 // OS_* environment variables. The token is renewed when it expires.
-func ConnectCloud(ctx context.Context, name string) (*Cloud, error) {
+func Connect(ctx context.Context, name string) (*Session, error) {
 	if name == "" {
 		name = os.Getenv("OS_CLOUD")
 	}
@@ -36,7 +38,7 @@ func ConnectCloud(ctx context.Context, name string) (*Cloud, error) {
 		eo  gophercloud.EndpointOpts
 		err error
 	)
-	hc := NewHTTPClient()
+	hc := remote.NewHTTPClient()
 	switch {
 	case name != "":
 		var tlsc = hc.Transport.(*http.Transport).TLSClientConfig
@@ -80,14 +82,14 @@ func ConnectCloud(ctx context.Context, name string) (*Cloud, error) {
 	}
 	pc.HTTPClient = *hc
 	if err := openstack.Authenticate(ctx, pc, ao); err != nil {
-		return nil, fmt.Errorf("cloud %s: authentication at %s failed: %s", name, RedactURL(ao.IdentityEndpoint), describeAPIError(err))
+		return nil, fmt.Errorf("cloud %s: authentication at %s failed: %s", name, remote.RedactURL(ao.IdentityEndpoint), DescribeAPIError(err))
 	}
-	return &Cloud{Provider: pc, Endpoint: eo, Name: name, HTTP: hc}, nil
+	return &Session{Provider: pc, Endpoint: eo, Name: name, HTTP: hc}, nil
 }
 
 // TokenSource returns the session's token for HTTP sources; Renew
 // re-authenticates (once for all readers that saw the same stale token).
-func (c *Cloud) TokenSource() TokenSource { return providerToken{c.Provider} }
+func (c *Session) TokenSource() remote.TokenSource { return providerToken{c.Provider} }
 
 type providerToken struct{ pc *gophercloud.ProviderClient }
 
@@ -95,7 +97,7 @@ func (p providerToken) Token(context.Context) (string, error) { return p.pc.Toke
 
 func (p providerToken) Renew(ctx context.Context, stale string) (string, error) {
 	if err := p.pc.Reauthenticate(ctx, stale); err != nil {
-		return "", fmt.Errorf("re-authentication: %s", describeAPIError(err))
+		return "", fmt.Errorf("re-authentication: %s", DescribeAPIError(err))
 	}
 	return p.pc.Token(), nil
 }
@@ -109,15 +111,12 @@ func HTTPStatus(err error) int {
 	return 0
 }
 
-// describeAPIError words a gophercloud error without its response body
+// DescribeAPIError words a gophercloud error without its response body
 // (which for some services echoes request data) and without tokens.
-func describeAPIError(err error) string {
+func DescribeAPIError(err error) string {
 	var ue gophercloud.ErrUnexpectedResponseCode
 	if errors.As(err, &ue) {
-		return fmt.Sprintf("HTTP %d %s from %s %s", ue.Actual, http.StatusText(ue.Actual), ue.Method, RedactURL(ue.URL))
+		return fmt.Sprintf("HTTP %d %s from %s %s", ue.Actual, http.StatusText(ue.Actual), ue.Method, remote.RedactURL(ue.URL))
 	}
 	return err.Error()
 }
-
-// DescribeAPIError is describeAPIError for other packages.
-func DescribeAPIError(err error) string { return describeAPIError(err) }

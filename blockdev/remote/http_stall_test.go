@@ -1,4 +1,4 @@
-package blockdev
+package remote
 
 import (
 	"bytes"

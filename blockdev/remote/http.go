@@ -1,4 +1,4 @@
-package blockdev
+package remote
 
 import (
 	"context"
@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/imgfs/imgfs/blockdev"
 )
 
 // Mode says how an HTTP source reads: by ranges, or through one streaming
@@ -79,7 +81,7 @@ func (s HashSpec) newHash() (hash.Hash, []byte, error) {
 	case "md5":
 		h = md5.New()
 	default:
-		return nil, nil, fmt.Errorf("unknown hash algorithm %q: %w", s.Algo, ErrUnsupported)
+		return nil, nil, fmt.Errorf("unknown hash algorithm %q: %w", s.Algo, blockdev.ErrUnsupported)
 	}
 	if len(want) != h.Size() {
 		return nil, nil, fmt.Errorf("%s checksum has %d bytes, want %d", s.Algo, len(want), h.Size())
@@ -261,7 +263,7 @@ func (h *HTTP) Mode() Mode {
 }
 
 // Stats returns the request and byte counters.
-func (h *HTTP) Stats() Stats { return h.c.snapshot() }
+func (h *HTTP) Stats() blockdev.Stats { return h.c.snapshot() }
 
 // Close stops any download in progress and removes the sequential cache.
 func (h *HTTP) Close() error {
@@ -280,7 +282,7 @@ func (h *HTTP) Close() error {
 
 // ReadAt implements io.ReaderAt. It returns verified bytes or an error.
 func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
-	n, eof := clip(p, off, h.size)
+	n, eof := blockdev.Clip(p, off, h.size)
 	if n == 0 {
 		return 0, eof
 	}

@@ -1,4 +1,4 @@
-package keyring
+package cloud
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/imgfs/imgfs/keyring"
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
@@ -63,11 +65,11 @@ func (b Barbican) Passphrase(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, b.apiError("payload", err)
 	}
-	defer Zero(payload)
+	defer keyring.Zero(payload)
 	if len(payload) == 0 {
-		return nil, fmt.Errorf("%s: empty payload: %w", b, ErrEmptyPassphrase)
+		return nil, fmt.Errorf("%s: empty payload: %w", b, keyring.ErrEmptyPassphrase)
 	}
-	return PassphraseFromSecret(meta.SecretType, payload), nil
+	return keyring.PassphraseFromSecret(meta.SecretType, payload), nil
 }
 
 // apiError words a failed request by status only: Barbican's error bodies

@@ -1,4 +1,4 @@
-package blockdev
+package cloud
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+
+	"github.com/imgfs/imgfs/blockdev/remote"
 
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
@@ -53,14 +55,14 @@ func (g *GlanceImage) Property(name string) string {
 
 // Hash returns the checksum to verify a full download against: the
 // multihash (os_hash_algo/os_hash_value) when present, else the md5.
-func (g *GlanceImage) Hash() HashSpec {
+func (g *GlanceImage) Hash() remote.HashSpec {
 	if a, v := g.Property("os_hash_algo"), g.Property("os_hash_value"); a != "" && v != "" {
-		return HashSpec{Algo: a, Value: v}
+		return remote.HashSpec{Algo: a, Value: v}
 	}
 	if g.Checksum != "" {
-		return HashSpec{Algo: "md5", Value: g.Checksum}
+		return remote.HashSpec{Algo: "md5", Value: g.Checksum}
 	}
-	return HashSpec{}
+	return remote.HashSpec{}
 }
 
 // Stated returns what the metadata says the image is: the outer format
@@ -94,7 +96,7 @@ func (g *GlanceImage) KeyID() string {
 }
 
 // GetImage reads a Glance image's metadata.
-func (c *Cloud) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
+func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
 	client, err := openstack.NewImageV2(c.Provider, c.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("glance: %w", err)
@@ -103,11 +105,11 @@ func (c *Cloud) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
 	if err != nil {
 		switch HTTPStatus(err) {
 		case http.StatusNotFound:
-			return nil, fmt.Errorf("glance image %s: not found (HTTP 404): %w", id, ErrRemote)
+			return nil, fmt.Errorf("glance image %s: not found (HTTP 404): %w", id, remote.ErrRemote)
 		case http.StatusForbidden:
-			return nil, fmt.Errorf("glance image %s: access denied (HTTP 403): %w", id, ErrRemote)
+			return nil, fmt.Errorf("glance image %s: access denied (HTTP 403): %w", id, remote.ErrRemote)
 		}
-		return nil, fmt.Errorf("glance image %s: %s", id, describeAPIError(err))
+		return nil, fmt.Errorf("glance image %s: %s", id, DescribeAPIError(err))
 	}
 	return &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
 		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties}, nil
@@ -115,21 +117,21 @@ func (c *Cloud) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
 
 // GlanceOptions configure OpenGlance.
 type GlanceOptions struct {
-	HTTP  HTTPOptions  // Client, Token, Size, Name and Hash are set by OpenGlance
-	Cache CacheOptions // Hash is set by OpenGlance
+	HTTP  remote.HTTPOptions  // Client, Token, Size, Name and Hash are set by OpenGlance
+	Cache remote.CacheOptions // Hash is set by OpenGlance
 }
 
 // Glance is a Device over a Glance image's data: the HTTP source of
 // /v2/images/{id}/file with the session's token, behind a block Cache.
 type Glance struct {
-	*Cache
-	HTTP  *HTTP
+	*remote.Cache
+	HTTP  *remote.HTTP
 	Image *GlanceImage
 }
 
 // OpenGlance resolves image id and opens its data. The image must be
 // active.
-func OpenGlance(ctx context.Context, cloud *Cloud, id string, opts GlanceOptions) (*Glance, error) {
+func OpenGlance(ctx context.Context, cloud *Session, id string, opts GlanceOptions) (*Glance, error) {
 	img, err := cloud.GetImage(ctx, id)
 	if err != nil {
 		return nil, err
@@ -138,7 +140,7 @@ func OpenGlance(ctx context.Context, cloud *Cloud, id string, opts GlanceOptions
 		return nil, fmt.Errorf("glance image %s (%q) is %s, not active: it has no data to read: %w", id, img.Name, img.Status, ErrImageNotActive)
 	}
 	if img.Size <= 0 {
-		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, ErrRemote)
+		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, remote.ErrRemote)
 	}
 	client, err := openstack.NewImageV2(cloud.Provider, cloud.Endpoint)
 	if err != nil {
@@ -150,13 +152,13 @@ func OpenGlance(ctx context.Context, cloud *Cloud, id string, opts GlanceOptions
 	ho.Size = img.Size
 	ho.Name = "glance image " + id
 	ho.Hash = img.Hash()
-	h, err := OpenHTTP(ctx, client.ServiceURL("images", id, "file"), ho)
+	h, err := remote.OpenHTTP(ctx, client.ServiceURL("images", id, "file"), ho)
 	if err != nil {
 		return nil, err
 	}
 	co := opts.Cache
 	co.Hash = ho.Hash
-	c, err := NewCache(h, co)
+	c, err := remote.NewCache(h, co)
 	if err != nil {
 		h.Close()
 		return nil, err
@@ -177,7 +179,7 @@ func (g *Glance) Verify(ctx context.Context) error {
 	if g.Image.Hash().Algo == "" {
 		return nil
 	}
-	if g.HTTP.Mode() == ModeSequential {
+	if g.HTTP.Mode() == remote.ModeSequential {
 		_, err := g.HTTP.VerifyAll()
 		return err
 	}

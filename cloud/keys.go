@@ -1,0 +1,173 @@
+package cloud
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
+
+	"github.com/imgfs/imgfs/keyring"
+)
+
+// BarbicanKey returns a key source for the Barbican secret id (UUID or
+// href). It connects — to the cloud named cloudName unless sess is given,
+// then to the key manager — only when the passphrase is first needed, so
+// describing an image works without Barbican.
+func BarbicanKey(cloudName string, sess *Session, id string) keyring.Source {
+	return &lazyBarbican{cloudName: cloudName, sess: sess, b: Barbican{SecretID: id}}
+}
+
+// lazyBarbican is a Barbican whose client is made on first use.
+type lazyBarbican struct {
+	cloudName string
+	mu        sync.Mutex
+	sess      *Session
+	b         Barbican
+}
+
+func (l *lazyBarbican) String() string { return l.b.String() }
+
+// Passphrase implements keyring.Source.
+func (l *lazyBarbican) Passphrase(ctx context.Context) ([]byte, error) {
+	l.mu.Lock()
+	if l.b.Client == nil {
+		if l.sess == nil {
+			sess, err := Connect(ctx, l.cloudName)
+			if err != nil {
+				l.mu.Unlock()
+				return nil, fmt.Errorf("%s: %w", l.b, err)
+			}
+			l.sess = sess
+		}
+		client, err := l.sess.KeyManager()
+		if err != nil {
+			l.mu.Unlock()
+			return nil, fmt.Errorf("%s: %w", l.b, err)
+		}
+		l.b.Client = client
+	}
+	b := l.b
+	l.mu.Unlock()
+	return b.Passphrase(ctx)
+}
+
+// KeyManager returns a Barbican client of the session's cloud.
+func (c *Session) KeyManager() (*gophercloud.ServiceClient, error) {
+	kc, err := openstack.NewKeyManagerV1(c.Provider, c.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("no key manager (Barbican) in the catalog of cloud %s: %w", c.Name, err)
+	}
+	return kc, nil
+}
+
+// ImageService returns a Glance client of the session's cloud.
+func (c *Session) ImageService() (*gophercloud.ServiceClient, error) {
+	ic, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("no image service (Glance) in the catalog of cloud %s: %w", c.Name, err)
+	}
+	return ic, nil
+}
+
+// Secret is a Barbican secret that holds an image key, with the LUKS
+// passphrase derived from it by the os-brick rule. Close zeroes the
+// passphrase.
+type Secret struct {
+	ID   string // UUID
+	Type string // secret_type: passphrase, symmetric, ...
+	// Created is true when this run made the secret (so a failed upload
+	// deletes it again).
+	Created bool
+	// Passphrase is the LUKS passphrase: the payload of a passphrase
+	// secret, the lowercase hex of any other type's payload.
+	Passphrase []byte
+}
+
+// Close zeroes the passphrase.
+func (s *Secret) Close() { keyring.Zero(s.Passphrase) }
+
+// ExistingSecret reads the secret id (UUID or href) and its passphrase.
+func ExistingSecret(ctx context.Context, kc *gophercloud.ServiceClient, id string) (*Secret, error) {
+	b := Barbican{Client: kc, SecretID: id}
+	pass, err := b.Passphrase(ctx)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := secrets.Get(ctx, kc, b.SecretUUID()).Extract()
+	if err != nil {
+		keyring.Zero(pass)
+		return nil, fmt.Errorf("%s: %s", b, DescribeAPIError(err))
+	}
+	return &Secret{ID: b.SecretUUID(), Type: meta.SecretType, Passphrase: pass}, nil
+}
+
+// NewPassphraseSecret stores pass (UTF-8 text) as a new Barbican secret of
+// type passphrase; the passphrase is pass itself. pass is not zeroed.
+func NewPassphraseSecret(ctx context.Context, kc *gophercloud.ServiceClient, name string, pass []byte) (*Secret, error) {
+	opts := secrets.CreateOpts{Name: name, SecretType: secrets.PassphraseSecret,
+		Payload: string(pass), PayloadContentType: "text/plain"}
+	return createSecret(ctx, kc, opts, append([]byte(nil), pass...))
+}
+
+// NewSymmetricSecret stores raw (nil: 32 new random bytes, as Nova and
+// Cinder make them) as a new symmetric aes secret; the passphrase is its
+// lowercase hex. raw is not zeroed.
+func NewSymmetricSecret(ctx context.Context, kc *gophercloud.ServiceClient, name string, raw []byte) (*Secret, error) {
+	if raw == nil {
+		raw = make([]byte, 32)
+		defer keyring.Zero(raw)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, fmt.Errorf("random key: %w", err)
+		}
+	}
+	opts := secrets.CreateOpts{Name: name, SecretType: secrets.SymmetricSecret,
+		Payload:            base64.StdEncoding.EncodeToString(raw),
+		PayloadContentType: "application/octet-stream", PayloadContentEncoding: "base64",
+		Algorithm:          "aes", BitLength: len(raw) * 8, Mode: "xts"}
+	return createSecret(ctx, kc, opts, keyring.PassphraseFromSecret("symmetric", raw))
+}
+
+func createSecret(ctx context.Context, kc *gophercloud.ServiceClient, opts secrets.CreateOpts, pass []byte) (*Secret, error) {
+	s, err := secrets.Create(ctx, kc, opts).Extract()
+	opts.Payload = ""
+	if err != nil {
+		keyring.Zero(pass)
+		return nil, fmt.Errorf("barbican secret create: %s", DescribeAPIError(err))
+	}
+	id := path.Base(strings.TrimRight(s.SecretRef, "/"))
+	return &Secret{ID: id, Type: string(opts.SecretType), Created: true, Passphrase: pass}, nil
+}
+
+// DeleteSecret deletes a secret (one made for an upload that failed).
+func DeleteSecret(ctx context.Context, kc *gophercloud.ServiceClient, id string) error {
+	if err := secrets.Delete(ctx, kc, id).ExtractErr(); err != nil {
+		return fmt.Errorf("barbican secret %s: delete: %s", id, DescribeAPIError(err))
+	}
+	return nil
+}
+
+// AddSecretConsumer registers the image as a consumer of the secret
+// (Barbican's secret consumers API). Older Barbicans lack the API: a 404
+// or 405 is returned as a warning text; other failures are errors.
+func AddSecretConsumer(ctx context.Context, kc *gophercloud.ServiceClient, secretID, imageID string) (warning string, err error) {
+	body := map[string]string{"service": "image", "resource_type": "image", "resource_id": imageID}
+	_, err = kc.Post(ctx, kc.ServiceURL("secrets", secretID, "consumers"), body, nil,
+		&gophercloud.RequestOpts{OkCodes: []int{200, 201, 202}})
+	if err == nil {
+		return "", nil
+	}
+	switch HTTPStatus(err) {
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return fmt.Sprintf("barbican secret %s: the secret consumers API is not available (%s); image %s is not registered as a consumer",
+			secretID, DescribeAPIError(err), imageID), nil
+	}
+	return "", fmt.Errorf("barbican secret %s: registering image %s as a consumer failed: %s", secretID, imageID, DescribeAPIError(err))
+}
