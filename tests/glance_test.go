@@ -22,14 +22,15 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
 
-	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/remote"
+	"github.com/imgfs/imgfs/cloud"
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
 // testCloud is a session with the local cloud that tests/with-cloud.sh
 // started (real Keystone, Glance and Barbican on 127.0.0.1).
 type testCloud struct {
-	cloud  *blockdev.Cloud
+	cloud  *cloud.Session
 	images *gophercloud.ServiceClient
 	keys   *gophercloud.ServiceClient
 }
@@ -50,7 +51,7 @@ func needCloud(t *testing.T, name ...string) *testCloud {
 		n = name[0]
 	}
 	ctx := context.Background()
-	c, err := blockdev.ConnectCloud(ctx, n)
+	c, err := cloud.Connect(ctx, n)
 	if err != nil {
 		t.Fatalf("connect to the test cloud: %v", err)
 	}
@@ -374,7 +375,7 @@ func TestGlanceForbiddenData(t *testing.T) {
 	if err != nil {
 		t.Fatalf("deactivate: %v", err)
 	}
-	h, err := blockdev.OpenHTTP(ctx, tc.fileURL(id), blockdev.HTTPOptions{Size: 1 << 20, Token: tc.cloud.TokenSource(), Client: tc.cloud.HTTP})
+	h, err := remote.OpenHTTP(ctx, tc.fileURL(id), remote.HTTPOptions{Size: 1 << 20, Token: tc.cloud.TokenSource(), Client: tc.cloud.HTTP})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +400,7 @@ func TestGlanceRenewsRejectedToken(t *testing.T) {
 	data := testimg.RandomBytes(2<<20, 31)
 	id := tc.uploadImage(t, "raw", nil, testimg.WriteFile(t, dir, "r", data))
 	tok := &staleFirst{TokenSource: tc.cloud.TokenSource()}
-	h, err := blockdev.OpenHTTP(context.Background(), tc.fileURL(id), blockdev.HTTPOptions{Token: tok, Client: tc.cloud.HTTP})
+	h, err := remote.OpenHTTP(context.Background(), tc.fileURL(id), remote.HTTPOptions{Token: tok, Client: tc.cloud.HTTP})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +416,7 @@ func TestGlanceRenewsRejectedToken(t *testing.T) {
 
 // staleFirst hands out a token Keystone never issued until asked to renew.
 type staleFirst struct {
-	blockdev.TokenSource
+	remote.TokenSource
 	renewed int
 }
 

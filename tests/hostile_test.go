@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/remote"
 	"github.com/imgfs/imgfs/fusefs"
 	"github.com/imgfs/imgfs/luksio"
 	"github.com/imgfs/imgfs/qcowio"
@@ -511,12 +512,12 @@ func TestLeakOpenReadClose(t *testing.T) {
 			if c.sequential {
 				base = noRange.URL
 			}
-			h, err := blockdev.OpenHTTP(context.Background(), base+"/"+filepath.Base(path), blockdev.HTTPOptions{CacheDir: cacheDir})
+			h, err := remote.OpenHTTP(context.Background(), base+"/"+filepath.Base(path), remote.HTTPOptions{CacheDir: cacheDir})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer h.Close()
-			c, err := blockdev.NewCache(h, blockdev.CacheOptions{})
+			c, err := remote.NewCache(h, remote.CacheOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

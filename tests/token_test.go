@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/cloud"
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
@@ -114,7 +114,7 @@ func (s shortToken) lifetime() time.Duration { return s.expireAt.Sub(s.issuedAt)
 // short-token clouds.yaml) and returns the token and its times.
 func getShortToken(t *testing.T) shortToken {
 	t.Helper()
-	c, err := blockdev.ConnectCloud(context.Background(), "")
+	c, err := cloud.Connect(context.Background(), "")
 	if err != nil {
 		t.Fatalf("authenticate at the short-token Keystone: %v", err)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
 
-	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/cloud"
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
@@ -106,7 +106,7 @@ func (tc *testCloud) checkConsumer(t *testing.T, secret, id string) {
 		} `json:"consumers"`
 	}
 	_, err := tc.keys.Get(context.Background(), tc.keys.ServiceURL("secrets", secret, "consumers"), &body, nil)
-	if st := blockdev.HTTPStatus(err); st == 404 || st == 405 {
+	if st := cloud.HTTPStatus(err); st == 404 || st == 405 {
 		t.Logf("this Barbican has no secret consumers API (HTTP %d)", st)
 		return
 	} else if err != nil {

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,15 +11,20 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
+	"github.com/imgfs/imgfs"
 	"github.com/imgfs/imgfs/blockdev"
-	"github.com/imgfs/imgfs/cmd/imgfs/internal/image"
-	"github.com/imgfs/imgfs/cmd/imgfs/internal/sniff"
+	"github.com/imgfs/imgfs/sniff"
 )
 
 // inspectCommand is `imgfs inspect`: the outer layer's verdict without a
 // key, and with a key (or for an unencrypted image) what the plaintext
 // holds, read from the few sectors where signatures live.
 func inspectCommand() *cli.Command {
+	var (
+		of         openFlags
+		jsonFlag   bool
+		policyPath string
+	)
 	return &cli.Command{
 		Name:  "inspect",
 		Usage: "judge an image: its outer layer without a key; with a key, also the plaintext's partitions, filesystems and hidden disk images",
@@ -27,11 +32,50 @@ func inspectCommand() *cli.Command {
 			"--policy FILE is JSON {\"allow\": [formats], \"forbid\": [formats]}: a forbidden format is unsafe; with an\n" +
 			"allow list anything not listed is unsafe; disk-image formats (qcow2, vmdk, vhd...) are unsafe unless allowed.",
 		ArgsUsage: "SOURCE",
-		Flags: append(append(append(keyFlags(), formatFlags()...), sourceFlags()...),
-			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
-			&cli.StringFlag{Name: "policy", Usage: "judge the plaintext with the JSON policy in `FILE` (default: disk-image formats are unsafe)"},
+		Flags: append(of.flags(),
+			&cli.BoolFlag{Name: "json", Destination: &jsonFlag, Usage: "print JSON"},
+			&cli.StringFlag{Name: "policy", Destination: &policyPath, Usage: "judge the plaintext with the JSON policy in `FILE` (default: disk-image formats are unsafe)"},
 		),
-		Action: inspectAction,
+		Action: func(c *cli.Context) error {
+			if err := sourceArg("inspect", c.Args().Slice()); err != nil {
+				return err
+			}
+			spec := c.Args().First()
+			opts, err := of.options()
+			if err != nil {
+				return err
+			}
+			var policy sniff.Policy
+			if policyPath != "" {
+				if policy, err = sniff.LoadPolicy(policyPath); err != nil {
+					return fmt.Errorf("--policy: %w", err)
+				}
+			}
+			counter := &countingDevice{}
+			opts.StoredOnly = true
+			opts.WrapStored = func(d blockdev.Device) blockdev.Device { counter.Device = d; return counter }
+			img, err := imgfs.Open(c.Context, spec, opts)
+			if err != nil {
+				return err
+			}
+			defer img.Close()
+			out, err := inspect(c.Context, img, policy)
+			if err != nil {
+				return fmt.Errorf("%s: %w", spec, err)
+			}
+			out.SourceBytesRead = counter.n.Load()
+			if jsonFlag {
+				if err := printJSON(out); err != nil {
+					return err
+				}
+			} else {
+				printInspection(os.Stdout, out)
+			}
+			if !out.Safe {
+				return cli.Exit(fmt.Sprintf("%s is unsafe: %s", spec, safeText(strings.Join(out.Reasons, "; "))), exitUnsafe)
+			}
+			return nil
+		},
 	}
 }
 
@@ -39,7 +83,7 @@ func inspectCommand() *cli.Command {
 type inspection struct {
 	Source map[string]any `json:"source,omitempty"`
 	// Outer is the verdict on the image as stored, made without a key.
-	Outer *image.Info `json:"outer"`
+	Outer *imgfs.Info `json:"outer"`
 	// Inner is what the plaintext holds; nil when it was not examined.
 	Inner         *sniff.Report `json:"inner,omitempty"`
 	InnerExamined bool          `json:"inner_examined"`
@@ -55,69 +99,30 @@ type inspection struct {
 	Reasons                []string `json:"reasons,omitempty"`
 }
 
-// countingDevice counts the bytes read through it.
-type countingDevice struct {
-	blockdev.Device
-	n atomic.Int64
-}
-
-// ReadAt implements io.ReaderAt.
-func (d *countingDevice) ReadAt(p []byte, off int64) (int, error) {
-	n, err := d.Device.ReadAt(p, off)
-	d.n.Add(int64(n))
-	return n, err
-}
-
-func inspectAction(c *cli.Context) error {
-	spec, err := sourceArg(c)
-	if err != nil {
-		return err
-	}
-	opts, err := openOptions(c)
-	if err != nil {
-		return err
-	}
-	var policy sniff.Policy
-	if path := c.String("policy"); path != "" {
-		if policy, err = sniff.LoadPolicy(path); err != nil {
-			return fmt.Errorf("--policy: %w", err)
-		}
-	}
-	src, err := openSource(c.Context, c, spec)
-	if err != nil {
-		return err
-	}
-	defer src.close()
-	mergeStated(&opts, src)
-	dev := &countingDevice{Device: src.dev}
-
-	out := &inspection{Source: src.info}
-	out.Outer, err = image.Inspect(dev, opts)
-	if err != nil {
-		return fmt.Errorf("%s: %w", spec, err)
-	}
+// inspect judges the outer layer (img opened StoredOnly) and, when it is
+// safe and can be read, what the plaintext holds.
+func inspect(ctx context.Context, img *imgfs.Image, policy sniff.Policy) (*inspection, error) {
+	out := &inspection{Source: img.Info.Source, Outer: img.Info}
 	switch {
 	case !out.Outer.Safe:
 		out.InnerNote = "not examined: the outer layer is unsafe"
-	case out.Outer.Encrypted && opts.Key == nil:
+	case out.Outer.Encrypted && !img.HasKey():
 		out.InnerNote = "not examined: the image is encrypted and no key was given (--passphrase-file, --key-file or --key-id)"
 	default:
-		img, err := image.Open(c.Context, dev, opts)
-		if err != nil {
-			return fmt.Errorf("%s: %w", spec, err)
+		outer := img.Info
+		if err := img.OpenDisk(ctx); err != nil {
+			return nil, err
 		}
-		defer img.Close()
+		out.Outer = outer
 		rep, err := sniff.Identify(img.Disk, img.Disk.Size())
 		if err != nil {
-			return fmt.Errorf("%s: plaintext: %w", spec, err)
+			return nil, fmt.Errorf("plaintext: %w", err)
 		}
 		policy.Apply(rep)
 		out.Inner, out.InnerExamined = rep, true
 		out.PlaintextBytesExamined = rep.BytesRead
 	}
-	out.SourceBytesRead = dev.n.Load()
-	if src.stats != nil {
-		st := src.stats()
+	if st, ok := img.Stats(); ok {
 		out.SourceStats = &st
 	}
 	out.Safe = out.Outer.Safe
@@ -130,20 +135,7 @@ func inspectAction(c *cli.Context) error {
 			out.Reasons = append(out.Reasons, "plaintext: "+r)
 		}
 	}
-
-	if c.Bool("json") {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			return err
-		}
-	} else {
-		printInspection(os.Stdout, out)
-	}
-	if !out.Safe {
-		return cli.Exit(fmt.Sprintf("%s is unsafe: %s", spec, strings.Join(out.Reasons, "; ")), exitUnsafe)
-	}
-	return nil
+	return out, nil
 }
 
 // indented prefixes every line written through it.
@@ -171,7 +163,7 @@ func printInspection(w io.Writer, in *inspection) {
 		fmt.Fprintf(w, "inner layer (plaintext, %s):\n", humanize.IBytes(uint64(in.Inner.Size)))
 		printReport(indented{w, "  "}, in.Inner)
 	}
-	kv := func(k string, v any) { fmt.Fprintf(w, "%-26s %v\n", k+":", v) }
+	kv := func(k string, v any) { fmt.Fprintf(w, "%-26s %s\n", k+":", safeText(v)) }
 	kv("bytes read from source", fmt.Sprintf("%d (%s)", in.SourceBytesRead, humanize.IBytes(uint64(in.SourceBytesRead))))
 	if in.SourceStats != nil {
 		kv("remote", in.SourceStats.String())
@@ -185,13 +177,13 @@ func printInspection(w io.Writer, in *inspection) {
 	}
 	kv("verdict", "UNSAFE")
 	for _, r := range in.Reasons {
-		fmt.Fprintf(w, "  - %s\n", r)
+		fmt.Fprintf(w, "  - %s\n", safeText(r))
 	}
 }
 
 // printReport prints what sniff found in the plaintext.
 func printReport(w io.Writer, r *sniff.Report) {
-	kv := func(k string, v any) { fmt.Fprintf(w, "%-22s %v\n", k+":", v) }
+	kv := func(k string, v any) { fmt.Fprintf(w, "%-22s %s\n", k+":", safeText(v)) }
 	kv("format", r.Format)
 	if pt := r.PartitionTable; pt != nil {
 		desc := fmt.Sprintf("%s, %d-byte sectors", pt.Scheme, pt.SectorSize)
@@ -249,6 +241,19 @@ func printReport(w io.Writer, r *sniff.Report) {
 	}
 	kv("verdict", "UNSAFE")
 	for _, reason := range r.Reasons {
-		fmt.Fprintf(w, "  - %s\n", reason)
+		fmt.Fprintf(w, "  - %s\n", safeText(reason))
 	}
+}
+
+// countingDevice counts the bytes read through it.
+type countingDevice struct {
+	blockdev.Device
+	n atomic.Int64
+}
+
+// ReadAt implements io.ReaderAt.
+func (d *countingDevice) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.Device.ReadAt(p, off)
+	d.n.Add(int64(n))
+	return n, err
 }

@@ -30,14 +30,17 @@ const (
 	progressJSONEvery = time.Second
 )
 
-func progressFlag() cli.Flag {
-	return &cli.StringFlag{Name: "progress", Value: progressAuto,
-		Usage: "report progress on stderr: auto (a line when stderr is a terminal), text, json (one JSON object per line), off"}
+// progressFlags is --progress.
+type progressFlags struct{ value string }
+
+func (p *progressFlags) flags() []cli.Flag {
+	return []cli.Flag{&cli.StringFlag{Name: "progress", Value: progressAuto, Destination: &p.value,
+		Usage: "report progress on stderr: auto (a line when stderr is a terminal), text, json (one JSON object per line), off"}}
 }
 
-// progressMode resolves --progress against whether stderr is a terminal.
-func progressMode(c *cli.Context) (string, error) {
-	switch m := strings.ToLower(c.String("progress")); m {
+// mode resolves --progress against whether stderr is a terminal.
+func (p *progressFlags) mode() (string, error) {
+	switch m := strings.ToLower(p.value); m {
 	case progressAuto, "":
 		if isTerminal(os.Stderr) {
 			return progressText, nil
@@ -46,7 +49,7 @@ func progressMode(c *cli.Context) (string, error) {
 	case progressText, progressJSON, progressOff:
 		return m, nil
 	default:
-		return "", usageError("--progress %q: want auto, text, json or off", c.String("progress"))
+		return "", usageError("--progress %q: want auto, text, json or off", p.value)
 	}
 }
 

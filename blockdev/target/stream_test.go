@@ -1,4 +1,4 @@
-package main
+package target
 
 import (
 	"bytes"
@@ -31,14 +31,14 @@ func TestCopyRangeCancelledIsAnError(t *testing.T) {
 	defer out.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := streamDevice(ctx, out, dev, true, nil); err == nil {
+	if _, err := Stream(ctx, out, dev, true, nil); err == nil {
 		t.Fatal("a cancelled copy reported success")
 	}
 }
 
 func TestCopyRangeSparseAndExact(t *testing.T) {
-	dev := make(memDevice, 3*streamChunk+1234)
-	copy(dev[streamChunk+17:], bytes.Repeat([]byte("data"), 1000))
+	dev := make(memDevice, 3*Chunk+1234)
+	copy(dev[Chunk+17:], bytes.Repeat([]byte("data"), 1000))
 	dev[len(dev)-1] = 9
 	p := filepath.Join(t.TempDir(), "out")
 	out, err := os.Create(p)
@@ -46,7 +46,7 @@ func TestCopyRangeSparseAndExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	view, _ := blockdev.NewSection(dev, 5, dev.Size()-5)
-	st, err := streamDevice(context.Background(), out, view, true, nil)
+	st, err := Stream(context.Background(), out, view, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestCopyRangeSparseAndExact(t *testing.T) {
 	if !bytes.Equal(got, dev[5:]) {
 		t.Fatal("copy differs")
 	}
-	if st.holes == 0 {
+	if st.Holes == 0 {
 		t.Fatal("no chunk was left as a hole")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package target
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/imgfs/imgfs/blockdev"
@@ -25,23 +24,21 @@ func (m exportMemDev) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
-// streamDevice copies in order, counts every byte for the progress report
+// Stream copies in order, counts every byte for the progress report
 // and leaves zero chunks as holes in a file.
 func TestStreamDeviceCopiesAndCounts(t *testing.T) {
-	data := make([]byte, 3*streamChunk+12345)
-	for i := range data[:streamChunk] {
+	data := make([]byte, 3*Chunk+12345)
+	for i := range data[:Chunk] {
 		data[i] = byte(i * 7)
 	}
-	copy(data[2*streamChunk+5:], "tail")
-	var log bytes.Buffer
+	copy(data[2*Chunk+5:], "tail")
 	for _, sparse := range []bool{false, true} {
 		f, err := os.Create(filepath.Join(t.TempDir(), "out"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		prog := startProgress(progressJSON, "test", int64(len(data)), &log)
-		_, err = streamDevice(context.Background(), f, exportMemDev(data), sparse, prog)
-		prog.Finish(err)
+		var done int64
+		_, err = Stream(context.Background(), f, exportMemDev(data), sparse, func(n int64) { done += n })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,12 +47,9 @@ func TestStreamDeviceCopiesAndCounts(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Fatalf("sparse=%v: copy differs", sparse)
 		}
-		if prog.done.Load() != int64(len(data)) {
-			t.Fatalf("progress counted %d of %d bytes", prog.done.Load(), len(data))
+		if done != int64(len(data)) {
+			t.Fatalf("progress counted %d of %d bytes", done, len(data))
 		}
-	}
-	if !strings.Contains(log.String(), `"event":"done"`) {
-		t.Fatalf("no done event: %s", log.String())
 	}
 }
 
@@ -68,8 +62,7 @@ func TestStreamDeviceCancelled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		prog := startProgress(progressOff, "test", 0, nil)
-		_, err = streamDevice(ctx, f, exportMemDev(make([]byte, 20*streamChunk)), true, prog)
+		_, err = Stream(ctx, f, exportMemDev(make([]byte, 20*Chunk)), true, nil)
 		f.Close()
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("cancelled copy: %v", err)
@@ -77,13 +70,13 @@ func TestStreamDeviceCancelled(t *testing.T) {
 	}
 }
 
-// A failing device fails the copy with its error, and writeDevice leaves
+// A failing device fails the copy with its error, and WriteDevice leaves
 // no file behind.
 func TestWriteDeviceLeavesNothingOnError(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
-	short := exportShortDev{exportMemDev(make([]byte, streamChunk)), 3 * streamChunk}
-	err := writeDevice(context.Background(), short, out, progressOff, "test")
+	short := exportShortDev{exportMemDev(make([]byte, Chunk)), 3 * Chunk}
+	_, err := WriteDevice(context.Background(), out, short, nil)
 	if !errors.Is(err, blockdev.ErrTruncated) {
 		t.Fatalf("error %v, want truncated", err)
 	}

@@ -1,0 +1,151 @@
+package imgfs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/remote"
+	"github.com/imgfs/imgfs/cloud"
+	"github.com/imgfs/imgfs/keyring"
+)
+
+// source is an opened SOURCE: the bytes as stored plus what the place they
+// came from says about them.
+type source struct {
+	dev blockdev.Device
+	// remote is dev before Options.WrapStored.
+	remote blockdev.Device
+	// info is Info.Source: never secrets.
+	info   map[string]any
+	stated stated
+	// key is the Barbican secret named by Options.KeyID or the metadata.
+	key   keyring.Source
+	close func() error
+	// stats returns the remote counters; nil for local files.
+	stats func() blockdev.Stats
+	// verify checks a completely read image against the checksum its
+	// metadata states; nil when there is none.
+	verify func(ctx context.Context) error
+}
+
+// IsRemote reports whether SOURCE names a remote image (an http(s) URL or
+// a Glance image) rather than a local file.
+func IsRemote(spec string) bool {
+	if strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://") {
+		return true
+	}
+	if _, ok := cloud.GlanceID(spec); ok {
+		_, err := os.Stat(spec)
+		return err != nil || strings.HasPrefix(spec, "glance:")
+	}
+	return false
+}
+
+// openSource opens SOURCE: an http(s) URL, a Glance image (a UUID that is
+// not a local file, or glance:<id>), or a local file.
+func openSource(ctx context.Context, spec string, opts Options) (*source, error) {
+	var (
+		src *source
+		err error
+	)
+	switch {
+	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
+		src, err = openHTTP(ctx, spec, opts)
+	case IsRemote(spec):
+		id, _ := cloud.GlanceID(spec)
+		return openGlance(ctx, id, opts)
+	default:
+		var f *blockdev.File
+		if f, err = blockdev.OpenFile(spec); err == nil {
+			src = &source{dev: f, info: map[string]any{"kind": "file", "path": spec}, close: f.Close}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if opts.KeyID != "" && !opts.NoKey {
+		src.key = cloud.BarbicanKey(opts.Cloud, nil, opts.KeyID)
+	}
+	return src, nil
+}
+
+func openHTTP(ctx context.Context, spec string, opts Options) (*source, error) {
+	h, err := remote.OpenHTTP(ctx, spec, opts.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := remote.NewCache(h, opts.Cache)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &source{
+		dev:  cache,
+		info: map[string]any{"kind": "http", "url": h.Name(), "size": h.Size(), "mode": liveMode{cache}},
+		close: func() error {
+			cache.Close()
+			return h.Close()
+		},
+		stats: cache.Stats,
+	}, nil
+}
+
+func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
+	sess, err := cloud.Connect(ctx, opts.Cloud)
+	if err != nil {
+		return nil, fmt.Errorf("glance image %s: %w", id, err)
+	}
+	g, err := cloud.OpenGlance(ctx, sess, id, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache})
+	if err != nil {
+		return nil, err
+	}
+	img := g.Image
+	info := map[string]any{
+		"kind": "glance", "image_id": img.ID, "name": img.Name, "disk_format": img.DiskFormat,
+		"container_format": img.ContainerFormat, "status": img.Status, "size": img.Size, "mode": liveMode{g},
+		"cloud": sess.Name,
+	}
+	for k := range img.Properties {
+		if strings.HasPrefix(k, "os_encrypt_") || strings.HasPrefix(k, "os_decrypt_") || strings.HasPrefix(k, "cinder_encryption_") {
+			info[k] = img.Property(k) // ids and policies, never key material
+		}
+	}
+	if h := img.Hash(); h.Algo != "" {
+		info["checksum"] = h.Algo
+	}
+	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify}
+	src.stated.format, src.stated.encrypted = img.Stated()
+	if v := img.Property("os_decrypt_size"); v != "" && src.stated.encrypted {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n <= 0 {
+			g.Close()
+			return nil, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", id, v, remote.ErrRemote)
+		}
+		src.stated.decryptSize = n
+	}
+	if opts.NoKey {
+		return src, nil
+	}
+	keyID := opts.KeyID
+	if keyID == "" {
+		keyID = img.KeyID()
+	}
+	if keyID != "" {
+		src.key = cloud.BarbicanKey(opts.Cloud, sess, keyID)
+	}
+	return src, nil
+}
+
+// liveMode shows a remote source's read mode as it is when printed (it
+// switches to sequential when the server refuses ranges).
+type liveMode struct{ m remote.ModeReporter }
+
+func (l liveMode) String() string { return string(l.m.Mode()) }
+
+// MarshalJSON implements json.Marshaler.
+func (l liveMode) MarshalJSON() ([]byte, error) { return json.Marshal(l.String()) }
