@@ -10,7 +10,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@latest
 all: build
 
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/imgfs
+	$(GO) build -trimpath -buildvcs=auto -o $(BIN) ./cmd/imgfs
 
 deps:
 	tests/install-deps.sh
