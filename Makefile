@@ -3,7 +3,7 @@ GO        ?= go
 BIN       := bin/imgfs
 GOFLAGS_T ?= -count=1 -timeout 40m
 FUZZTIME  ?= 10s
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@latest
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build deps test test-unit bench fuzz fuzz-long reliability lint demo clean
 
@@ -17,7 +17,7 @@ deps:
 
 # The whole suite: unit tests beside the code, end-to-end tests under tests/,
 # with real qemu-img, cryptsetup, FUSE and a local OpenStack cloud.
-test: deps build
+test: deps build lint
 	tests/with-cloud.sh $(GO) test $(GOFLAGS_T) ./...
 
 test-unit: build

@@ -3,7 +3,9 @@
 //
 //	disk        the plaintext virtual disk (size = virtual size)
 //	encrypted   the ciphertext as stored (encrypted images only)
+//	disk.luks   the disk as a raw LUKS volume the same key opens (encrypted images only)
 //	image.json  what `imgfs info --json` says about the image (never keys)
+//	stats       a remote source's live counters as JSON (remote images only)
 //
 // Files are mode 0400 and owned by the mounting user, the mount is "ro" with
 // default_permissions, and only the mounting user sees it unless AllowOther
