@@ -1,6 +1,6 @@
 // Package keyring turns "where the key is" into LUKS passphrase bytes: a
-// passphrase file or standard input, a binary key file, or (barbican.go) a
-// Barbican secret. Nothing else in imgfs touches secrets.
+// passphrase file or standard input, or a binary key file. Barbican secrets
+// (package cloud) follow the same rule through PassphraseFromSecret.
 //
 // Binary keys become passphrases by the os-brick rule: a secret of type
 // "passphrase" is used as it is; any other secret is binary and its
@@ -109,7 +109,18 @@ type KeyFile struct {
 }
 
 // Passphrase implements Source.
-func (k KeyFile) Passphrase(context.Context) ([]byte, error) {
+func (k KeyFile) Passphrase(ctx context.Context) ([]byte, error) {
+	b, err := k.Key(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer Zero(b)
+	return PassphraseFromSecret("symmetric", b), nil
+}
+
+// Key returns the binary key bytes themselves (to store them in
+// Barbican, for instance). The caller must Zero them.
+func (k KeyFile) Key(context.Context) ([]byte, error) {
 	var b []byte
 	var err error
 	if k.Path == "-" {
@@ -124,11 +135,10 @@ func (k KeyFile) Passphrase(context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer Zero(b)
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%s: %w", k, ErrEmptyPassphrase)
 	}
-	return PassphraseFromSecret("symmetric", b), nil
+	return b, nil
 }
 
 func (k KeyFile) String() string { return "key file " + k.Path }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -190,17 +189,11 @@ func uploadSecret(ctx context.Context, kc *gophercloud.ServiceClient, keyID stri
 	}
 	var raw []byte // nil: a new random key
 	if key.keyFile != "" {
-		h, err := keyring.KeyFile{Path: key.keyFile}.Passphrase(ctx)
-		if err != nil {
+		var err error
+		if raw, err = (keyring.KeyFile{Path: key.keyFile}).Key(ctx); err != nil {
 			return nil, fmt.Errorf("upload: --key-file: %w", err)
 		}
-		raw = make([]byte, hex.DecodedLen(len(h)))
-		_, err = hex.Decode(raw, h)
-		keyring.Zero(h)
 		defer keyring.Zero(raw)
-		if err != nil {
-			return nil, fmt.Errorf("upload: --key-file: cannot decode the key")
-		}
 	}
 	s, err := cloud.NewSymmetricSecret(ctx, kc, name, raw)
 	if err != nil {
