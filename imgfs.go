@@ -197,6 +197,11 @@ func (img *Image) Mode() string {
 // image (Glance's os_hash_value or checksum) that Verify checks.
 func (img *Image) CanVerify() bool { return img.src.verify != nil }
 
+// IntegrityWarning is non-empty when the source states a checksum that
+// imgfs cannot check (an os_hash_algo Go does not implement): callers say
+// so, since a read then is neither verified nor refused.
+func (img *Image) IntegrityWarning() string { return img.src.unverified }
+
 // Verify checks the whole stored image against the checksum its source
 // states, reading what has not been read yet. It returns an error wrapping
 // remote.ErrIntegrity on a mismatch, and nil when there is no checksum.

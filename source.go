@@ -31,6 +31,8 @@ type source struct {
 	// verify checks a completely read image against the checksum its
 	// metadata states; nil when there is none.
 	verify func(ctx context.Context) error
+	// unverified says why a checksum the source states cannot be checked.
+	unverified string
 }
 
 // IsRemote reports whether SOURCE names a remote image (an http(s) URL or
@@ -115,10 +117,15 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 			info[k] = img.Property(k) // ids and policies, never key material
 		}
 	}
-	if h := img.Hash(); h.Algo != "" {
+	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats}
+	switch h := img.Hash(); {
+	case g.Verifiable():
 		info["checksum"] = h.Algo
+		src.verify = g.Verify
+	case h.Algo != "":
+		src.unverified = fmt.Sprintf("integrity cannot be checked: Glance's os_hash_algo %q is not supported", h.Algo)
+		info["checksum"] = h.Algo + " (not supported: integrity cannot be checked)"
 	}
-	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify}
 	src.stated.format, src.stated.encrypted = img.Stated()
 	if v := img.Property("os_decrypt_size"); v != "" && src.stated.encrypted {
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)

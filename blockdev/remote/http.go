@@ -3,7 +3,9 @@ package remote
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/sha3"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
@@ -19,6 +21,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/blake2b"
+	"golang.org/x/crypto/blake2s"
 
 	"github.com/imgfs/imgfs/blockdev"
 )
@@ -60,11 +65,39 @@ type TokenSource interface {
 	Renew(ctx context.Context, stale string) (string, error)
 }
 
-// HashSpec is an expected digest of a whole object: Algo is sha512, sha256
-// or md5 and Value its lowercase hex.
+// HashSpec is an expected digest of a whole object: Algo is a hashlib
+// name as Glance's os_hash_algo gives it (sha512 by default; see
+// HashAlgorithms) or md5, and Value its lowercase hex.
 type HashSpec struct {
 	Algo  string
 	Value string
+}
+
+// hashAlgorithms are the hashlib names Glance may use for os_hash_algo
+// that Go's standard library and x/crypto implement.
+var hashAlgorithms = map[string]func() hash.Hash{
+	"md5":        md5.New,
+	"sha1":       sha1.New,
+	"sha224":     sha256.New224,
+	"sha256":     sha256.New,
+	"sha384":     sha512.New384,
+	"sha512":     sha512.New,
+	"sha512_224": sha512.New512_224,
+	"sha512_256": sha512.New512_256,
+	"sha3_224":   func() hash.Hash { return sha3.New224() },
+	"sha3_256":   func() hash.Hash { return sha3.New256() },
+	"sha3_384":   func() hash.Hash { return sha3.New384() },
+	"sha3_512":   func() hash.Hash { return sha3.New512() },
+	"blake2b":    func() hash.Hash { h, _ := blake2b.New512(nil); return h },
+	"blake2s":    func() hash.Hash { h, _ := blake2s.New256(nil); return h },
+}
+
+// Supported reports whether the algorithm can be checked. Glance accepts
+// any hashlib name; for the others (shake_128, ...) a read cannot be
+// verified, and callers say so rather than refuse to read.
+func (s HashSpec) Supported() bool {
+	_, ok := hashAlgorithms[strings.ToLower(strings.TrimSpace(s.Algo))]
+	return ok
 }
 
 func (s HashSpec) newHash() (hash.Hash, []byte, error) {
@@ -72,17 +105,11 @@ func (s HashSpec) newHash() (hash.Hash, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("checksum %q is not hex", s.Value)
 	}
-	var h hash.Hash
-	switch strings.ToLower(s.Algo) {
-	case "sha512":
-		h = sha512.New()
-	case "sha256":
-		h = sha256.New()
-	case "md5":
-		h = md5.New()
-	default:
+	mk, ok := hashAlgorithms[strings.ToLower(strings.TrimSpace(s.Algo))]
+	if !ok {
 		return nil, nil, fmt.Errorf("unknown hash algorithm %q: %w", s.Algo, blockdev.ErrUnsupported)
 	}
+	h := mk()
 	if len(want) != h.Size() {
 		return nil, nil, fmt.Errorf("%s checksum has %d bytes, want %d", s.Algo, len(want), h.Size())
 	}
@@ -161,8 +188,38 @@ func NewHTTPClient() *http.Client {
 	t.MaxIdleConnsPerHost = 16
 	t.ResponseHeaderTimeout = 60 * time.Second
 	t.DisableCompression = true // a gzip-encoded body would not be the bytes of the range
-	return &http.Client{Transport: t}
+	return &http.Client{Transport: t, CheckRedirect: checkRedirect}
 }
+
+// credentialHeaders are dropped from a request redirected to another host
+// or scheme: a token must reach only the server it was issued for.
+var credentialHeaders = []string{"X-Auth-Token", "X-Subject-Token", "Authorization", "Proxy-Authorization", "Cookie"}
+
+// checkRedirect follows redirects as curl does: credentials are kept only
+// for the same scheme and host, https is never downgraded to http, and at
+// most 10 redirects are followed.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return fmt.Errorf("stopped after 10 redirects: %w", ErrRemote)
+	}
+	first := via[0].URL
+	if first.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect from https to %s: %w", RedactURL(req.URL.String()), ErrRemote)
+	}
+	if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+		for _, h := range credentialHeaders {
+			req.Header.Del(h)
+		}
+		if h, ok := req.Context().Value(tokenHeaderKey{}).(string); ok {
+			req.Header.Del(h)
+		}
+	}
+	return nil
+}
+
+// tokenHeaderKey is the context key under which a request carries the
+// name of its token header, for checkRedirect.
+type tokenHeaderKey struct{}
 
 // RedactURL returns u without user info, query or fragment: what may be
 // printed of a URL that might carry credentials or signatures.
@@ -385,6 +442,9 @@ func (h *HTTP) renew(ctx context.Context, rejected string) (did bool, err error)
 
 // newRequest builds a GET with the token; rng is "" for the whole object.
 func (h *HTTP) newRequest(ctx context.Context, rng string) (*http.Request, error) {
+	if h.opts.Token != nil {
+		ctx = context.WithValue(ctx, tokenHeaderKey{}, h.opts.TokenHeader)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", h.name, err)

@@ -69,6 +69,9 @@ func catCommand() *cli.Command {
 			if off == 0 && n == size && img.CanVerify() {
 				out.verify = img.Verify
 			}
+			if w := img.IntegrityWarning(); w != "" && off == 0 && n == size {
+				defer fmt.Fprintf(os.Stderr, "imgfs: warning: %s: %s\n", spec, w)
+			}
 			ctx, stop := interruptible(c.Context)
 			defer stop()
 			st, err := out.write(ctx, view)

@@ -104,6 +104,9 @@ func exportCommand() *cli.Command {
 			if img.CanVerify() {
 				out.verify = img.Verify
 			}
+			if w := img.IntegrityWarning(); w != "" {
+				defer fmt.Fprintf(os.Stderr, "imgfs: warning: %s: %s\n", spec, w)
+			}
 			if to == exportQcow2 {
 				return out.writeQcow2(ctx, d, wopts)
 			}

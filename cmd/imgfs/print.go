@@ -135,6 +135,9 @@ func statsLine(img *imgfs.Image) string {
 	if size := img.Stored.Size(); size > 0 {
 		line += fmt.Sprintf(", fetched %.1f%% of the %d-byte image", 100*float64(st.BytesFetched)/float64(size), size)
 	}
+	if w := img.IntegrityWarning(); w != "" {
+		line += ", " + w
+	}
 	return line
 }
 
