@@ -155,19 +155,20 @@ func DeleteSecret(ctx context.Context, kc *gophercloud.ServiceClient, id string)
 }
 
 // AddSecretConsumer registers the image as a consumer of the secret
-// (Barbican's secret consumers API). Older Barbicans lack the API: a 404
-// or 405 is returned as a warning text; other failures are errors.
-func AddSecretConsumer(ctx context.Context, kc *gophercloud.ServiceClient, secretID, imageID string) (warning string, err error) {
+// (Barbican's secret consumers API), so that the secret is not deleted
+// while the image needs it. A Barbican without the API (404, 405) fails
+// like any other error: callers that accept that skip the call.
+func AddSecretConsumer(ctx context.Context, kc *gophercloud.ServiceClient, secretID, imageID string) error {
 	body := map[string]string{"service": "image", "resource_type": "image", "resource_id": imageID}
-	_, err = kc.Post(ctx, kc.ServiceURL("secrets", secretID, "consumers"), body, nil,
+	_, err := kc.Post(ctx, kc.ServiceURL("secrets", secretID, "consumers"), body, nil,
 		&gophercloud.RequestOpts{OkCodes: []int{200, 201, 202}})
 	if err == nil {
-		return "", nil
+		return nil
 	}
+	hint := ""
 	switch HTTPStatus(err) {
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
-		return fmt.Sprintf("barbican secret %s: the secret consumers API is not available (%s); image %s is not registered as a consumer",
-			secretID, DescribeAPIError(err), imageID), nil
+		hint = " (this Barbican may lack the secret consumers API)"
 	}
-	return "", fmt.Errorf("barbican secret %s: registering image %s as a consumer failed: %s", secretID, imageID, DescribeAPIError(err))
+	return fmt.Errorf("barbican secret %s: registering image %s as a consumer failed: %s%s", secretID, imageID, DescribeAPIError(err), hint)
 }

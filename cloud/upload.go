@@ -49,6 +49,14 @@ func UploadImage(ctx context.Context, ic *gophercloud.ServiceClient, spec NewIma
 	return img.ID, nil
 }
 
+// DeleteImage deletes a Glance image (one whose upload failed).
+func DeleteImage(ctx context.Context, ic *gophercloud.ServiceClient, id string) error {
+	if err := images.Delete(ctx, ic, id).ExtractErr(); err != nil {
+		return fmt.Errorf("glance image %s: delete: %s", id, DescribeAPIError(err))
+	}
+	return nil
+}
+
 // waitActive polls the image until it leaves the saving/importing states.
 func waitActive(ctx context.Context, ic *gophercloud.ServiceClient, id string) (images.ImageStatus, error) {
 	deadline := time.Now().Add(2 * time.Minute)

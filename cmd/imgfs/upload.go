@@ -27,6 +27,7 @@ func uploadCommand() *cli.Command {
 		ef                                   encryptFlags
 		key                                  keyFlags
 		keyID, name, cloudName, deletePolicy string
+		noConsumer                           bool
 	)
 	return &cli.Command{
 		Name:  "upload",
@@ -35,7 +36,8 @@ func uploadCommand() *cli.Command {
 			"as Cinder and Nova make them) whose lowercase hex is the LUKS passphrase, or a passphrase\n" +
 			"secret from --passphrase-file, or a symmetric secret from --key-file. The image carries\n" +
 			"os_encrypt_format, os_encrypt_key_id, os_encrypt_key_deletion_policy, os_decrypt_size and\n" +
-			"os_decrypt_container_format, and is registered as a consumer of the secret. The image id\n" +
+			"os_decrypt_container_format, and is registered as a consumer of the secret (unless\n" +
+			"--no-consumer; a failed registration fails the upload and deletes the image). The image id\n" +
 			"is printed on stdout; key material never is.",
 		ArgsUsage: "INPUT",
 		Flags: append(append(ef.flags("uploaded format: luks (raw LUKS1, disk_format luks) or qcow2+luks (disk_format qcow2)"),
@@ -43,6 +45,7 @@ func uploadCommand() *cli.Command {
 			&cli.StringFlag{Name: "key-id", Destination: &keyID, Usage: "encrypt with the existing Barbican secret `ID` (or href) instead of creating one"},
 			&cli.StringFlag{Name: "name", Destination: &name, Usage: "Glance image `NAME` (default: INPUT's file name)"},
 			&cli.StringFlag{Name: "os-cloud", EnvVars: []string{"OS_CLOUD"}, Destination: &cloudName, Usage: "clouds.yaml entry `NAME` for Glance and Barbican (default: OS_CLOUD, else the OS_* variables)"},
+			&cli.BoolFlag{Name: "no-consumer", Destination: &noConsumer, Usage: "do not register the image as a consumer of the secret (for a Barbican without the secret consumers API); without it a failed registration fails the upload"},
 			&cli.StringFlag{Name: "key-deletion-policy", Destination: &deletePolicy, Usage: "os_encrypt_key_deletion_policy: on_image_deletion (default for a new secret) or do_not_delete (default with --key-id)"},
 		),
 		Action: func(c *cli.Context) (err error) {
@@ -144,10 +147,13 @@ func uploadCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("upload: %w", err)
 			}
-			if warn, err := cloud.AddSecretConsumer(ctx, kc, secret.ID, id); err != nil {
-				return fmt.Errorf("upload: %w", err)
-			} else if warn != "" {
-				fmt.Fprintf(os.Stderr, "imgfs: warning: %s\n", warn)
+			if noConsumer {
+				fmt.Fprintf(os.Stderr, "imgfs: --no-consumer: image %s is not registered as a consumer of barbican secret %s\n", id, secret.ID)
+			} else if err := cloud.AddSecretConsumer(ctx, kc, secret.ID, id); err != nil {
+				if derr := cloud.DeleteImage(context.Background(), ic, id); derr != nil {
+					return fmt.Errorf("upload: %w (and the image could not be deleted: %v)", err, derr)
+				}
+				return fmt.Errorf("upload: %w; the image was deleted again (use --no-consumer to upload without registering)", err)
 			}
 			fmt.Println(id)
 			origin := "new"
