@@ -208,6 +208,9 @@ func (s Spec) path() string {
 // after ':' (":conf=...", ":id=...") are refused: Config says how to reach
 // the cluster.
 func ParseSpec(s string) (Spec, error) {
+	if strings.HasPrefix(s, "rbd://") {
+		return Spec{}, fmt.Errorf("rbd: spec %q is a Glance location (read it with ParseLocation): want rbd:POOL/IMAGE[@SNAP]", s)
+	}
 	rest, ok := strings.CutPrefix(s, "rbd:")
 	if !ok {
 		return Spec{}, fmt.Errorf("rbd: spec %q: want rbd:POOL/IMAGE[@SNAP]", s)

@@ -14,8 +14,9 @@
 #   ceph.sh stop DIR         stop what start DIR started (by PID; idempotent)
 #   ceph.sh restart-osd DIR  stop osd.0 (SIGTERM) and start it again; waits for client I/O
 #   ceph.sh kill-osd DIR     SIGKILL osd.0 (bluestore only: memstore loses its data)
-#   ceph.sh stop-mon DIR     stop the mon (clients then time out: client_mount_timeout)
-#   ceph.sh start-mon DIR    start the mon again (and osd.0 if it is down); waits for I/O
+#   ceph.sh stop-mon DIR     stop the mon (new clients then time out: client_mount_timeout)
+#   ceph.sh stop-osd DIR     stop osd.0 (SIGTERM; I/O then times out: rados_osd_op_timeout)
+#   ceph.sh resume DIR       start the mon and osd.0 again where stopped; waits for I/O
 #   ceph.sh status DIR       PIDs, `ceph health`, pool listing (rc 1 if a daemon is down)
 #   ceph.sh env DIR          print the env lines again
 #   ceph.sh smoke DIR        rbd import / snap / export round trip as client.glance
@@ -432,8 +433,9 @@ do_kill_osd() {
 }
 
 do_stop_mon() { attach; stop_one mon.a; }
+do_stop_osd() { attach; stop_one osd.0; }
 
-do_start_mon() {
+do_resume() {
   attach
   if ! pid_of mon.a >/dev/null; then
     start_bg mon.a ceph-mon -c "$D/ceph.conf" -i a -f
@@ -450,7 +452,7 @@ do_start_mon() {
 cmd=${1:-}; D=${2:-}
 case "$cmd" in
   install) do_install ;;
-  start|stop|status|env|smoke|restart-osd|kill-osd|stop-mon|start-mon)
+  start|stop|status|env|smoke|restart-osd|kill-osd|stop-mon|stop-osd|resume)
     [ -n "$D" ] || die "usage: $0 $cmd DIR"
     case "$cmd" in
       start) do_start ;;
@@ -461,7 +463,8 @@ case "$cmd" in
       restart-osd) do_restart_osd ;;
       kill-osd) do_kill_osd ;;
       stop-mon) do_stop_mon ;;
-      start-mon) do_start_mon ;;
+      stop-osd) do_stop_osd ;;
+      resume) do_resume ;;
     esac ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
