@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -125,7 +126,13 @@ func connect(conf, id string, mountSecs, opSecs int64) (C.rados_t, string, error
 		}
 	}
 	if r := C.rados_connect(h); r < 0 {
-		return fail(fmt.Errorf("rbd: connect as client.%s (%s): %w", id, conf, errFromRet(int(r))))
+		err := errFromRet(int(r))
+		if errors.Is(err, syscall.ENOENT) {
+			// librados found no keyring (or no key in it) for the client
+			err = &cephError{errno: syscall.ENOENT, kind: ErrPermission}
+			return fail(fmt.Errorf("rbd: connect as client.%s (%s): no key for client.%s in the keyring the config names: %w", id, conf, id, err))
+		}
+		return fail(fmt.Errorf("rbd: connect as client.%s (%s): %w", id, conf, err))
 	}
 	buf := make([]byte, 64)
 	r := C.rados_cluster_fsid(h, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
