@@ -388,6 +388,15 @@ func TestReadVec(t *testing.T) {
 	if got := bytes.Join(bufs, nil); !bytes.Equal(got, cephEnv.data[1234:1234+total]) {
 		t.Fatal("ReadVecAt (mixed sizes): wrong bytes")
 	}
+	// buffers that share one backing array (pinned more than once)
+	big := make([]byte, 3<<20)
+	bufs = [][]byte{big[:100], big[100 : 1<<20], big[1<<20 : 1<<20], big[1<<20:]}
+	if err := img.ReadVecAt(bufs, 999); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(big, cephEnv.data[999:999+3<<20]) {
+		t.Fatal("ReadVecAt (one backing array): wrong bytes")
+	}
 	// up to the end exactly, then one byte past it
 	if err := img.ReadVecAt([][]byte{make([]byte, 10), make([]byte, 5)}, imageSize-15); err != nil {
 		t.Errorf("ReadVecAt up to the end: %v", err)
