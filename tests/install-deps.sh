@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(qemu-utils cryptsetup-bin fuse3 python3-cryptography fdisk util-linux curl time e2fsprogs xfsprogs dosfstools btrfs-progs ntfs-3g lvm2 genisoimage
       nbdkit libnbd-bin openssl bc
       keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3
-      ceph-mon ceph-osd ceph-common librbd-dev librados-dev uuid-runtime)
+      ceph-mon ceph-osd ceph-common librbd-dev librados-dev uuid-runtime python3-rbd python3-rados)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
