@@ -521,6 +521,21 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("Connect without a key: %v; want ErrPermission saying there is no key", err)
 	}
 	t.Log(err)
+	// no mon host: not "no key"
+	noMon := filepath.Join(t.TempDir(), "nomon.conf")
+	keyring := filepath.Join(filepath.Dir(cephEnv.conf), "ceph.client."+cephEnv.user+".keyring")
+	if err := os.WriteFile(noMon, []byte("[global]\nkeyring = "+keyring+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Connect(context.Background(), Config{ConfFile: noMon, ID: cephEnv.user, Timeout: 3 * time.Second})
+	if err == nil {
+		c.Close()
+		t.Fatal("Connect without a mon host succeeded")
+	}
+	if errors.Is(err, ErrPermission) || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no mon host") {
+		t.Errorf("Connect without a mon host: %v; want an error saying so", err)
+	}
+	t.Log(err)
 	missing := filepath.Join(t.TempDir(), "missing.conf")
 	c, err = Connect(context.Background(), Config{ConfFile: missing, ID: cephEnv.user})
 	if err == nil {

@@ -12,6 +12,7 @@ package rbd
 import "C"
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -128,9 +129,13 @@ func connect(conf, id string, mountSecs, opSecs int64) (C.rados_t, string, error
 	if r := C.rados_connect(h); r < 0 {
 		err := errFromRet(int(r))
 		if errors.Is(err, syscall.ENOENT) {
-			// librados found no keyring (or no key in it) for the client
+			// librados says ENOENT when it finds no mon address, or no
+			// keyring (or no key in it) for the client
+			if confGet(h, "mon_host") == "" {
+				return fail(fmt.Errorf("rbd: connect as client.%s (%s): the config names no mon host: %w", id, conf, err.(*cephError).errno))
+			}
 			err = &cephError{errno: syscall.ENOENT, kind: ErrPermission}
-			return fail(fmt.Errorf("rbd: connect as client.%s (%s): no key for client.%s in the keyring the config names: %w", id, conf, id, err))
+			return fail(fmt.Errorf("rbd: connect as client.%s (%s): no key for client.%s in keyring %s: %w", id, conf, id, confGet(h, "keyring"), err))
 		}
 		return fail(fmt.Errorf("rbd: connect as client.%s (%s): %w", id, conf, err))
 	}
@@ -140,6 +145,20 @@ func connect(conf, id string, mountSecs, opSecs int64) (C.rados_t, string, error
 		return fail(fmt.Errorf("rbd: cluster fsid: %w", errFromRet(int(r))))
 	}
 	return h, string(buf[:r]), nil
+}
+
+// confGet returns a configuration value of h ("" if unset or too long).
+func confGet(h C.rados_t, k string) string {
+	ck := C.CString(k)
+	defer C.free(unsafe.Pointer(ck))
+	buf := make([]byte, 4096)
+	if C.rados_conf_get(h, ck, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))) < 0 {
+		return ""
+	}
+	if i := bytes.IndexByte(buf, 0); i >= 0 {
+		buf = buf[:i]
+	}
+	return string(buf)
 }
 
 func confSet(h C.rados_t, k, v string) error {
