@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(qemu-utils cryptsetup-bin fuse3 python3-cryptography fdisk util-linux curl time e2fsprogs xfsprogs dosfstools btrfs-progs ntfs-3g lvm2 genisoimage
       nbdkit libnbd-bin openssl bc
-      keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3)
+      keystone glance-api barbican-api uwsgi-core uwsgi-plugin-python3
+      ceph-mon ceph-osd ceph-common librbd-dev librados-dev uuid-runtime python3-rbd python3-rados)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -13,7 +14,7 @@ done
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 echo "install-deps: installing ${missing[*]}" >&2
-# Debian's postinst scripts would start the OpenStack services system-wide; forbid that.
+# Debian's postinst scripts would start the OpenStack and Ceph services system-wide; forbid that.
 made_policy=""
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null

@@ -36,6 +36,14 @@
 #                              ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop
 #   OSL_TOKEN_EXPIRATION=14400 Keystone token lifetime in seconds (short values let tests
 #                              exercise token renewal)
+#   OSL_GLANCE_CEPH=0|1        default 0. 1: Glance gets a second store, backend id 'ceph'
+#                              (rbd, 8 MiB objects, snapshot 'snap'), beside the default
+#                              'fs' file store, and show_image_direct_url = True. Upload
+#                              there with the header 'X-Image-Meta-Store: ceph'; such an
+#                              image's direct_url is rbd://FSID/POOL/IMAGE_ID/snap. Needs
+#                              python3-rbd and a running cluster, e.g. from tests/cloud/
+#                              ceph.sh (its env lines set CEPH_CONF, CEPHL_POOL, CEPHL_USER,
+#                              which this reads: ceph.conf naming client.USER's keyring)
 # Read at every start:
 #   OSL_START_TIMEOUT=90       seconds to wait for each API
 #   OSL_KEYSTONE_PROCESSES=1  OSL_BARBICAN_PROCESSES=1   uwsgi worker processes
@@ -139,7 +147,7 @@ wal() { clean_env $PY -c 'import sqlite3,sys;sqlite3.connect(sys.argv[1]).execut
 
 # ---------------------------------------------------------------- configure
 load_settings() {
-  AUTH="" KPORT="" GPORT="" BPORT=""
+  AUTH="" KPORT="" GPORT="" BPORT="" GCEPH="" CEPH_CONF_FILE="" CEPH_POOL="" CEPH_USER=""
   # shellcheck disable=SC1091
   if [ -f "$D/osl.env" ]; then . "$D/osl.env"; fi
   AUTH=${AUTH:-${OSL_AUTH:-keystone}}
@@ -147,12 +155,31 @@ load_settings() {
   GPORT=${GPORT:-${OSL_GLANCE_PORT:-19292}}
   BPORT=${BPORT:-${OSL_BARBICAN_PORT:-19311}}
   case "$AUTH" in keystone|noauth) ;; *) die "OSL_AUTH must be keystone or noauth";; esac
+  GCEPH=${GCEPH:-${OSL_GLANCE_CEPH:-0}}
+  case "$GCEPH" in 0|1) ;; *) die "OSL_GLANCE_CEPH must be 0 or 1";; esac
+  if [ "$GCEPH" = 1 ]; then
+    CEPH_CONF_FILE=${CEPH_CONF_FILE:-${CEPH_CONF:-}}
+    CEPH_POOL=${CEPH_POOL:-${CEPHL_POOL:-images}}
+    CEPH_USER=${CEPH_USER:-${CEPHL_USER:-glance}}
+    [ -n "$CEPH_CONF_FILE" ] && [ -r "$CEPH_CONF_FILE" ] || die "OSL_GLANCE_CEPH=1 needs a readable CEPH_CONF (eval the env lines of tests/cloud/ceph.sh start)"
+  fi
   KURL=http://$HOST:$KPORT GURL=http://$HOST:$GPORT BURL=http://$HOST:$BPORT
 }
 
 write_configs() {
   mkdir -p "$D"/{log,run,keystone,glance/images,glance/staging,glance/tasks,glance/locks,barbican/.barbican}
   printf 'AUTH=%s\nKPORT=%s\nGPORT=%s\nBPORT=%s\n' "$AUTH" "$KPORT" "$GPORT" "$BPORT" > "$D/osl.env"
+  local backends="fs:file" ceph_conf=""
+  if [ "$GCEPH" = 1 ]; then
+    printf 'GCEPH=1\nCEPH_CONF_FILE=%s\nCEPH_POOL=%s\nCEPH_USER=%s\n' "$CEPH_CONF_FILE" "$CEPH_POOL" "$CEPH_USER" >> "$D/osl.env"
+    # rbd_store_chunk_size: MiB, the RBD object size of the images Glance creates (order 23)
+    backends="fs:file, ceph:rbd" ceph_conf="show_image_direct_url = True
+[ceph]
+rbd_store_pool = $CEPH_POOL
+rbd_store_user = $CEPH_USER
+rbd_store_ceph_conf = $CEPH_CONF_FILE
+rbd_store_chunk_size = 8"
+  fi
 
   # --- keystone
   cat > "$D/keystone/keystone.conf" <<EOF
@@ -188,7 +215,8 @@ bind_port = $GPORT
 workers = 0
 log_file = $D/log/glance-api.log
 use_stderr = false
-enabled_backends = fs:file
+enabled_backends = $backends
+$ceph_conf
 [database]
 connection = sqlite:///$D/glance/glance.db
 [glance_store]
@@ -384,6 +412,7 @@ print_env() {
   echo "export OSL_AUTH=$AUTH"
   echo "export OSL_GLANCE_URL=$GURL"
   echo "export OSL_BARBICAN_URL=$BURL"
+  [ "$GCEPH" = 1 ] && echo "export OSL_GLANCE_CEPH_STORE=ceph"
   if [ "$AUTH" = keystone ]; then
     # OS_DOMAIN_NAME: gophercloud's AuthOptionsFromEnv ignores OS_USER_DOMAIN_NAME and
     # OS_PROJECT_DOMAIN_NAME; the openstack CLI accepts all three together.
@@ -443,6 +472,9 @@ do_start() {
   if [ "$AUTH" = keystone ]; then
     start_bg keystone "$D/log/keystone-uwsgi.log" env OS_KEYSTONE_CONFIG_FILES="$D/keystone/keystone.conf" \
       "${UW[@]}" --http11-socket "$HOST:$KPORT" --processes "${OSL_KEYSTONE_PROCESSES:-1}" --wsgi-file /usr/bin/keystone-wsgi-public
+  fi
+  if [ "$GCEPH" = 1 ]; then
+    clean_env $PY -c 'import rados, rbd' 2>/dev/null || die "OSL_GLANCE_CEPH=1 needs python3-rbd and python3-rados"
   fi
   # Glance and Barbican need Keystone only per request, so they boot meanwhile
   start_bg glance "$D/log/glance-api.stdout.log" glance-api --config-file "$D/glance/glance-api.conf"
