@@ -63,7 +63,7 @@ func newApp() *cli.App {
 			infoCommand(), catCommand(), inspectCommand(),
 			mountCommand(), umountCommand(),
 			exportCommand(), encryptCommand(), uploadCommand(),
-			completionCommand(),
+			hashCommand(), completionCommand(),
 		},
 	}
 }
