@@ -42,7 +42,11 @@ const (
 type extent struct {
 	kind   extentKind
 	length int64
-	host   int64 // kindData: host offset of off
+	// host is the host offset of off: always for kindData, and for
+	// kindZero/kindUnallocated in an allocated cluster (preallocated
+	// zeros, unallocated subclusters), where qemu-img map shows it; 0
+	// otherwise. Reads of those kinds never use it.
+	host int64
 	// kindCompressed: the descriptor and the offset of off in the cluster.
 	cOffset, cSize int64
 	inCluster      int64
@@ -189,6 +193,8 @@ func (img *Image) classify(desc, bitmap uint64, inCluster int64) (extent, error)
 	}
 	if !img.extL2 {
 		switch {
+		case desc&oflagZero != 0 && host != 0:
+			return extent{kind: kindZero, length: rest, host: host + inCluster}, nil
 		case desc&oflagZero != 0:
 			return extent{kind: kindZero, length: rest}, nil
 		case host == 0:
@@ -223,7 +229,7 @@ func (img *Image) classify(desc, bitmap uint64, inCluster int64) (extent, error)
 		end++
 	}
 	e := extent{kind: k, length: int64(end)*scSize - inCluster}
-	if k == kindData {
+	if host != 0 {
 		e.host = host + inCluster
 	}
 	return e, nil

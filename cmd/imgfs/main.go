@@ -63,7 +63,7 @@ func newApp() *cli.App {
 			infoCommand(), catCommand(), inspectCommand(),
 			mountCommand(), umountCommand(),
 			exportCommand(), encryptCommand(), uploadCommand(),
-			hashCommand(), completionCommand(),
+			hashCommand(), mapCommand(), completionCommand(),
 		},
 	}
 }
