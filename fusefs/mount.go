@@ -7,6 +7,9 @@
 //	image.json  what `imgfs info --json` says about the image (never keys)
 //	stats       a remote source's live counters as JSON (remote images only)
 //
+// and the Extra files the caller adds (imgfs adds disk.p1, disk.p2, ... and
+// partitions.json for a partitioned disk).
+//
 // Files are mode 0400 and owned by the mounting user, the mount is "ro" with
 // default_permissions, and only the mounting user sees it unless AllowOther
 // is set (a non-root user then needs `user_allow_other` in /etc/fuse.conf).
@@ -95,6 +98,9 @@ type Options struct {
 	Stats func() []byte
 	// ImageJSON is the content of image.json. It must hold no key material.
 	ImageJSON []byte
+	// Extra are more read-only files beside disk (partitions, for
+	// instance), in order; their names must not clash with the others.
+	Extra []File
 	// AllowOther lets other users see the mount (allow_other) and makes the
 	// files and the directory readable by all (0444/0555).
 	AllowOther bool
@@ -105,6 +111,12 @@ type Options struct {
 	// Logger receives device errors (the first one of the mount); default
 	// is stderr. Key material is never logged.
 	Logger *log.Logger
+}
+
+// File is a read-only file of the mount: its name and its bytes.
+type File struct {
+	Name string
+	Dev  blockdev.Device
 }
 
 // Server is a live mount. Wait blocks until it is unmounted; Unmount
@@ -170,6 +182,14 @@ func Mount(dir string, opts Options) (*Server, error) {
 		root.files = append(root.files, namedFile{StatsName, &liveNode{content: opts.Stats, mode: fileMode, uid: uid, gid: gid, mtime: now}})
 	}
 	root.files = append(root.files, namedFile{ImageJSONName, newFile(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0)})
+	for _, f := range opts.Extra {
+		for _, have := range root.files {
+			if have.name == f.Name {
+				return nil, fmt.Errorf("fusefs: two files named %q", f.Name)
+			}
+		}
+		root.files = append(root.files, namedFile{f.Name, newFile(f.Name, f.Dev, 0)})
+	}
 
 	name := opts.FsName
 	if name == "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,7 +39,7 @@ func mountCommand() *cli.Command {
 	)
 	return &cli.Command{
 		Name:  "mount",
-		Usage: "mount the image read-only with FUSE: MOUNTPOINT/disk (plaintext), MOUNTPOINT/encrypted, MOUNTPOINT/image.json",
+		Usage: "mount the image read-only with FUSE: MOUNTPOINT/disk (plaintext), disk.p1... (partitions), encrypted, disk.luks, image.json",
 		Description: "Files are mode 0400, owned by you, and only you see the mount. --allow-other shows it\n" +
 			"to every user (files 0444); a non-root user needs `user_allow_other` in /etc/fuse.conf.\n" +
 			"Runs in the foreground until Ctrl-C, SIGTERM, SIGHUP or `imgfs umount`. --daemon returns\n" +
@@ -121,6 +122,21 @@ func mountOptions(img *imgfs.Image) (fusefs.Options, error) {
 	// finds the holes.
 	if q := img.Info.Qcow2; q != nil && q.AllocatedBytes > 0 {
 		opts.DiskAllocated = q.AllocatedBytes
+	}
+	parts, err := img.Partitions()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imgfs: warning: no partition files: %v\n", err)
+		parts = &imgfs.Partitions{}
+	}
+	if len(parts.Partitions) > 0 || len(parts.Skipped) > 0 {
+		for _, p := range parts.Partitions {
+			opts.Extra = append(opts.Extra, fusefs.File{Name: p.File, Dev: p.Device})
+		}
+		js, err := json.MarshalIndent(parts, "", "  ")
+		if err != nil {
+			return opts, fmt.Errorf("partitions.json: %w", err)
+		}
+		opts.Extra = append(opts.Extra, fusefs.File{Name: "partitions.json", Dev: bytes.NewReader(append(js, '\n'))})
 	}
 	if _, ok := img.Stats(); ok {
 		opts.Stats = func() []byte {
