@@ -65,16 +65,21 @@ func (o UnlockOptions) withDefaults() UnlockOptions {
 }
 
 // Key is an unlocked volume key. It never prints its bytes; Close zeroes them.
+// A key that Unlock derives lives on pages of its own, locked in RAM when
+// the system allows it (lockedAlloc).
 type Key struct {
 	key        []byte
+	buf        lockedBuf // the locked memory holding key, if any
 	slot       int
 	spec       string
 	sectorSize int
 }
 
-// Close zeroes the key. The Key is unusable afterwards.
+// Close zeroes the key, then unlocks and unmaps its pages. The Key is
+// unusable afterwards.
 func (k *Key) Close() {
 	clear(k.key)
+	k.buf.free()
 	k.key = nil
 }
 
@@ -283,12 +288,14 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 	if err != nil {
 		return nil, err
 	}
-	key := make([]byte, ks.KeyBytes)
+	k := &Key{slot: ks.Index, spec: h.CipherSpec, sectorSize: h.SectorSize}
+	k.buf = newLockedBuf(k, ks.KeyBytes)
+	key := k.buf.b
 	afMerge(key, split, int(ks.Stripes), afHash)
 	for _, d := range digests {
 		newHash, err := hashByName(d.hash)
 		if err != nil {
-			clear(key)
+			k.Close()
 			return nil, err
 		}
 		if kdfWork != nil {
@@ -298,9 +305,10 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 		ok := subtle.ConstantTimeCompare(sum, d.value) == 1
 		clear(sum)
 		if ok {
-			return &Key{key: key, slot: ks.Index, spec: h.CipherSpec, sectorSize: h.SectorSize}, nil
+			k.key = key
+			return k, nil
 		}
 	}
-	clear(key)
+	k.Close()
 	return nil, fmt.Errorf("keyslot %d: %w", ks.Index, ErrWrongPassphrase)
 }
