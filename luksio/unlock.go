@@ -188,13 +188,17 @@ func newKDFBudget(opts UnlockOptions) *kdfBudget {
 // plus its digests'; argon2: memory × passes) from the budget, or refuses
 // it, leaving the budget untouched, when it does not fit what is left.
 func (b *kdfBudget) spend(ks Keyslot, iterations, argon2 uint64) error {
+	spent := ""
+	if len(b.tried) > 0 {
+		spent = fmt.Sprintf(" after keyslots %v", b.tried)
+	}
 	switch {
 	case iterations > b.iterLeft:
-		return fmt.Errorf("keyslot %d: %d PBKDF2 iterations (keyslot and digest) exceed what is left of the unlock's budget of %d iterations (%d left after keyslots %v): %w",
-			ks.Index, iterations, b.iterLimit, b.iterLeft, b.tried, ErrKDFTooExpensive)
+		return fmt.Errorf("keyslot %d: %d PBKDF2 iterations (keyslot and digest) exceed what is left of the unlock's budget of %d iterations (%d left%s): %w",
+			ks.Index, iterations, b.iterLimit, b.iterLeft, spent, ErrKDFTooExpensive)
 	case argon2 > b.argon2Left:
-		return fmt.Errorf("keyslot %d: %s memory %d KiB × time %d exceeds what is left of the unlock's argon2 budget of %d KiB-passes (memory limit × time limit; %d left after keyslots %v): %w",
-			ks.Index, ks.KDF, ks.MemoryKiB, ks.Iterations, b.argon2Limit, b.argon2Left, b.tried, ErrKDFTooExpensive)
+		return fmt.Errorf("keyslot %d: %s memory %d KiB × time %d exceeds what is left of the unlock's argon2 budget of %d KiB-passes (memory limit × time limit; %d left%s): %w",
+			ks.Index, ks.KDF, ks.MemoryKiB, ks.Iterations, b.argon2Limit, b.argon2Left, spent, ErrKDFTooExpensive)
 	}
 	b.iterLeft -= iterations
 	b.argon2Left -= argon2

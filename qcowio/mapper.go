@@ -47,7 +47,7 @@ func (img *Image) next(off int64, data bool) (int64, error) {
 	lastL1 := ^uint64(0)
 	for off < img.size {
 		if data {
-			if l1i := uint64(off) >> img.clusterBits / img.l2Entries; l1i != lastL1 {
+			if l1i := (uint64(off) >> img.clusterBits) / img.l2Entries; l1i != lastL1 {
 				lastL1 = l1i
 				if l1i < uint64(len(img.l1)) && img.l1[l1i]&l1OffsetMask != 0 {
 					if tables*img.clusterSize >= nextScanBytes {
