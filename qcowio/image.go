@@ -48,6 +48,7 @@ type Image struct {
 	extL2       bool
 	l1          []uint64
 	l2cache     *lru[l2Table]
+	l2bufs      sync.Pool // *[]byte of one cluster, for readL2
 	l2flight    flight[l2Table]
 	zcache      *lru[decompressed]
 
@@ -180,6 +181,8 @@ func (img *Image) setGeometry() {
 	img.compression = h.compressionType
 	img.encrypted = h.cryptMethod != cryptNone
 	img.l2cache = newLRU[l2Table](l2CacheBytes, img.clusterSize, 4)
+	cs := img.clusterSize
+	img.l2bufs.New = func() any { b := make([]byte, cs); return &b }
 	img.zcache = newLRU[decompressed](decompressedCacheBytes, img.clusterSize, 2)
 }
 

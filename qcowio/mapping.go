@@ -98,10 +98,14 @@ func (img *Image) checkFetched(l1i uint64, off int64, t l2Table) error {
 	return err
 }
 
-// readL2 reads and decodes the L2 table at host offset off.
+// readL2 reads and decodes the L2 table at host offset off. The bytes are
+// read into a pooled cluster buffer: a scan of the data map may load tens
+// of thousands of tables, and only the decoded tables need to stay.
 func (img *Image) readL2(off int64) (l2Table, error) {
 	t := make(l2Table, img.clusterSize/8)
-	if err := img.readL2Into(t, make([]byte, img.clusterSize), off); err != nil {
+	buf := img.l2bufs.Get().(*[]byte)
+	defer img.l2bufs.Put(buf)
+	if err := img.readL2Into(t, *buf, off); err != nil {
 		return nil, err
 	}
 	return t, nil
