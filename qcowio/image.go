@@ -281,7 +281,12 @@ func (img *Image) walk(v *verdict, budget int64) error {
 			valid[l1i/64] &^= 1 << (l1i % 64)
 		}
 	}
-	img.l2set = slices.Clip(slices.Compact(refs))
+	img.l2set = slices.Compact(refs)
+	if len(img.l2set) < cap(refs)/2 {
+		// Most L1 entries are empty (a sparse disk) or repeated: do not
+		// keep a slice sized for all of them for the image's lifetime.
+		img.l2set = slices.Clone(img.l2set)
+	}
 	tables := len(img.l2set)
 	// tables <= maxL1TableBytes/8 and clusterSize <= 2 MiB: no overflow.
 	if int64(tables)*img.clusterSize > budget {
