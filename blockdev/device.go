@@ -98,4 +98,3 @@ func Clip(p []byte, off, size int64) (int, error) {
 	}
 	return len(p), nil
 }
-
