@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/remote"
@@ -31,6 +32,8 @@ type source struct {
 	// verify checks a completely read image against the checksum its
 	// metadata states; nil when there is none.
 	verify func(ctx context.Context) error
+	// tokenAt is when the cloud token was in hand (zero: no cloud).
+	tokenAt time.Time
 }
 
 // IsRemote reports whether SOURCE names a remote image (an http(s) URL or
@@ -100,6 +103,7 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("glance image %s: %w", id, err)
 	}
+	tokenAt := time.Now()
 	g, err := cloud.OpenGlance(ctx, sess, id, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache})
 	if err != nil {
 		return nil, err
@@ -118,7 +122,7 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	if h := img.Hash(); h.Algo != "" {
 		info["checksum"] = h.Algo
 	}
-	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify}
+	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, verify: g.Verify, tokenAt: tokenAt}
 	src.stated.format, src.stated.encrypted = img.Stated()
 	if v := img.Property("os_decrypt_size"); v != "" && src.stated.encrypted {
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)

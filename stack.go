@@ -146,6 +146,14 @@ type built struct {
 
 // stack builds the plaintext read stack over src.
 func stack(ctx context.Context, src blockdev.Device, opts Options, st stated) (b built, err error) {
+	if opts.Key != nil && !opts.NoKey {
+		// The passphrase (a Barbican secret: its own round trips and a
+		// token validation) is fetched while the headers and keyslots
+		// are read; it is zeroed if the image turns out not to need it.
+		pk := prefetchKey(ctx, opts.Key)
+		defer pk.discard()
+		opts.Key = pk
+	}
 	info, disk, enc, closers, err := buildStack(ctx, src, opts, st)
 	return built{info, disk, enc, closers}, err
 }

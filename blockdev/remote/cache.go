@@ -310,6 +310,27 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 		return sequential
 	}
 	end := min(front+ahead, c.nblocks-1)
+	if c.vhash != nil {
+		// The hash takes blocks in order from the first; blocks the
+		// reads skipped (the header, read in small pieces) are fetched
+		// now, or the hash would wait for them until Verify.
+		if h := c.hashed.Load(); h < front {
+			c.mu.Lock()
+			_, ok := c.blocks[h]
+			c.mu.Unlock()
+			if !ok {
+				c.getRange(h, min(h+c.maxReq-1, front), true)
+			}
+		}
+		// Hashing (sha512: 400-700 MB/s a core) may be slower than the
+		// network. Unhashed blocks must stay cached, so read-ahead waits
+		// for the hash rather than outrun it and have the LRU evict
+		// blocks the hash still needs (Verify would fetch them again).
+		end = min(end, c.hashed.Load()+c.window)
+		if end <= front {
+			return sequential
+		}
+	}
 	missing := int64(0)
 	c.mu.Lock()
 	for i := front + 1; i <= end; i++ {
@@ -601,20 +622,26 @@ func (c *Cache) Verify(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		b := c.get(c.vnext, false, false)
-		select {
-		case <-b.ready:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if b.err != nil {
+		// What the reads left unhashed is fetched in runs of up to
+		// maxReq blocks, not block by block.
+		units := c.getRange(c.vnext, min(c.vnext+c.maxReq, c.nblocks)-1, false)
+		for i, b := range units {
+			var err error
+			select {
+			case <-b.ready:
+				err = b.err
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			if err != nil {
+				c.release(units[i:], -1)
+				return err
+			}
+			c.vhash.Write(b.data)
 			c.release([]*cblock{b}, -1)
-			return b.err
+			c.vnext++
+			c.hashed.Store(c.vnext)
 		}
-		c.vhash.Write(b.data)
-		c.release([]*cblock{b}, -1)
-		c.vnext++
-		c.hashed.Store(c.vnext)
 	}
 	c.vdone = true
 	if got := c.vhash.Sum(nil); !bytes.Equal(got, c.vwant) {
