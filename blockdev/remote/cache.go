@@ -70,10 +70,16 @@ type Cache struct {
 	sem     chan struct{}
 	maxReq  int64 // blocks per request at most
 	window  int64 // blocks of read-ahead at most
-	near    int64 // bytes: sequential-run tolerance
-	ctx     context.Context
-	cancel  context.CancelFunc
-	c       counters
+	// grown is the read-ahead window in blocks that has proved needed:
+	// it starts small and doubles (up to window) each time a sequential
+	// reader has to wait for a block read-ahead asked for, i.e. when the
+	// server's cost per request is not hidden yet. Fast servers keep a
+	// small window (less memory to fault in), slow ones get a large one.
+	grown  int64
+	near   int64 // bytes: sequential-run tolerance
+	ctx    context.Context
+	cancel context.CancelFunc
+	c      counters
 
 	mu       sync.Mutex
 	blocks   map[int64]*cblock
@@ -99,12 +105,17 @@ type Cache struct {
 }
 
 type cblock struct {
-	idx   int64
-	piece bool // a SmallReadSize unit, not a block
-	ready chan struct{}
-	data  []byte
-	err   error
-	elem  *list.Element
+	idx      int64
+	piece    bool // a SmallReadSize unit, not a block
+	prefetch bool // claimed by read-ahead
+	// streaming is set once the first unit of the request that loads
+	// this one has arrived: waiting for it then is waiting for bytes on
+	// the wire, not for the server to answer.
+	streaming *atomic.Bool
+	ready     chan struct{}
+	data      []byte
+	err       error
+	elem      *list.Element
 	// refs counts readers copying from data; an evicted block's buffer is
 	// reused only once the last of them is done.
 	refs    int
@@ -151,6 +162,7 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 	default:
 		c.window = max(1, min(2*c.maxReq, opts.MaxBytes/2/opts.BlockSize))
 	}
+	c.grown = min(c.window, initialWindow)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
 		h, want, err := opts.Hash.newHash()
@@ -212,6 +224,12 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 		units = c.getRange(first, last, false)
 	}
 	sequential := c.readAhead(off, int64(n), last)
+	starved := false
+	defer func() {
+		if starved {
+			c.grow()
+		}
+	}()
 	dropBefore := int64(-1)
 	if sequential {
 		// Drop-behind: a sequential reader will not come back to the blocks
@@ -229,8 +247,18 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	for _, b := range units {
 		select {
 		case <-b.ready:
-		case <-c.ctx.Done():
-			return done, errSourceClosed
+		default:
+			if sequential && b.prefetch && !starved {
+				c.mu.Lock()
+				st := b.streaming
+				c.mu.Unlock()
+				starved = st == nil || !st.Load()
+			}
+			select {
+			case <-b.ready:
+			case <-c.ctx.Done():
+				return done, errSourceClosed
+			}
 		}
 		if b.err != nil {
 			return done, b.err
@@ -288,7 +316,8 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	// A reader may lag behind a long run by as much as the run's window:
 	// parallel readers (cat's workers, the kernel's read-ahead) wait on
 	// large requests in turn.
-	behind := max(c.near, min(c.seqBytes, c.window*bs))
+	grown := c.grown
+	behind := max(c.near, min(c.seqBytes, grown*bs))
 	if off >= c.lastEnd-behind && off <= c.lastEnd+c.near && c.seqBytes > 0 {
 		c.seqBytes += n
 		c.lastEnd = max(c.lastEnd, off+n)
@@ -299,7 +328,7 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	ahead := int64(0)
 	sequential = c.seqBytes >= 2*bs
 	if sequential {
-		ahead = min(c.window, c.seqBytes/bs)
+		ahead = min(grown, c.seqBytes/bs)
 	}
 	// The window starts at the run's furthest read, not at this read: a
 	// parallel reader that is behind must not fetch again the blocks that
@@ -326,7 +355,7 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 		// network. Unhashed blocks must stay cached, so read-ahead waits
 		// for the hash rather than outrun it and have the LRU evict
 		// blocks the hash still needs (Verify would fetch them again).
-		end = min(end, c.hashed.Load()+c.window)
+		end = min(end, c.hashed.Load()+grown)
 		if end <= front {
 			return sequential
 		}
@@ -377,10 +406,27 @@ func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 	m[idx] = b
 	if prefetch {
 		c.c.readAhead.Add(1)
+		b.prefetch = true
 	} else {
 		c.c.misses.Add(1)
 	}
 	return b, true
+}
+
+// initialWindow is the read-ahead window, in blocks, before it grows.
+const initialWindow = 8
+
+// grow doubles the read-ahead window, up to c.window.
+func (c *Cache) grow() {
+	c.mu.Lock()
+	if c.seqBytes/c.opts.BlockSize < 2*c.grown {
+		// The run is still shorter than the window: read-ahead was
+		// limited by the run's length, not by the window.
+		c.mu.Unlock()
+		return
+	}
+	c.grown = min(2*c.grown, c.window)
+	c.mu.Unlock()
 }
 
 // getRange returns blocks [first, last], loading the missing ones with one
@@ -447,10 +493,17 @@ func (c *Cache) load(run []*cblock) {
 		total += n
 	}
 	c.reserve(total)
+	streaming := new(atomic.Bool)
+	c.mu.Lock()
+	for _, b := range run {
+		b.streaming = streaming
+	}
+	c.mu.Unlock()
 	finished := 0
 	var err error
 	if er, ok := c.d.(eachVectorReader); ok {
 		err = er.ReadVecEach(bufs, start, func(i int) {
+			streaming.Store(true)
 			c.finish(run[i], bufs[i], int64(len(bufs[i])), nil)
 			finished = i + 1
 		})
@@ -523,7 +576,7 @@ func (c *Cache) recycle(b []byte) {
 }
 
 func (c *Cache) recycleLocked(b []byte) {
-	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize/4+1 {
+	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize {
 		c.free = append(c.free, b)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 )
@@ -20,6 +21,7 @@ func patternByte(off int64) byte { return byte(off*7 + off>>9 + off>>20) }
 // support and records the size of every range asked for.
 type patternServer struct {
 	size int64
+	cost time.Duration // the server's cost per request, before it answers
 	mu   sync.Mutex
 	reqs []int64
 	offs []int64
@@ -31,6 +33,7 @@ func (p *patternServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want a closed range", http.StatusBadRequest)
 		return
 	}
+	time.Sleep(p.cost)
 	p.mu.Lock()
 	p.reqs = append(p.reqs, b-a+1)
 	p.offs = append(p.offs, a)
@@ -67,9 +70,9 @@ func checkPattern(t *testing.T, buf []byte, off int64) {
 }
 
 // openPattern opens a Cache over a patternServer of size bytes.
-func openPattern(t *testing.T, size int64, opts CacheOptions) (*Cache, *patternServer) {
+func openPattern(t *testing.T, size int64, cost time.Duration, opts CacheOptions) (*Cache, *patternServer) {
 	t.Helper()
-	ps := &patternServer{size: size}
+	ps := &patternServer{size: size, cost: cost}
 	srv := httptest.NewServer(ps)
 	t.Cleanup(srv.Close)
 	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: size})
@@ -86,11 +89,13 @@ func openPattern(t *testing.T, size int64, opts CacheOptions) (*Cache, *patternS
 }
 
 // A 256 MiB sequential read as imgfs cat does it (4 MiB chunks, two
-// readers in order) goes out as a few requests that grow to 64 MiB, not as
-// 64 requests of 4 MiB; the memory bound holds throughout.
+// readers in order) from a server that takes 30 ms to answer each request
+// (Glance takes 11 ms on loopback; add the round trip on a real network)
+// goes out as a few requests that grow to 32-64 MiB, not as 64 requests of
+// 4 MiB; the memory bound holds throughout.
 func TestCacheSequentialRequestsGrow(t *testing.T) {
 	const size = 256 << 20
-	c, ps := openPattern(t, size, CacheOptions{})
+	c, ps := openPattern(t, size, 30*time.Millisecond, CacheOptions{})
 	maxUsed := int64(0)
 	err := blockdev.ReadOrdered(context.Background(), c, blockdev.OrderedOptions{ChunkSize: 4 << 20, Workers: 2},
 		func(off int64, n int, data []byte) error {
@@ -110,8 +115,8 @@ func TestCacheSequentialRequestsGrow(t *testing.T) {
 		largest = max(largest, r)
 	}
 	t.Logf("%d requests, largest %d MiB, %d MiB fetched, cache peak %d MiB: %v", len(reqs), largest>>20, total>>20, maxUsed>>20, reqs)
-	if len(reqs) > 16 {
-		t.Errorf("%d requests for a 256 MiB sequential read, want <= 16 (requests growing to 64 MiB)", len(reqs))
+	if len(reqs) > 24 {
+		t.Errorf("%d requests for a 256 MiB sequential read, want <= 24 (requests growing to 32-64 MiB; 4 MiB requests would be 64)", len(reqs))
 	}
 	if largest < 32<<20 || largest > DefaultMaxRequest {
 		t.Errorf("largest request %d bytes, want 32 MiB to %d", largest, DefaultMaxRequest)
@@ -136,7 +141,7 @@ func TestCacheSequentialRequestsGrow(t *testing.T) {
 // or being fetched.
 func TestCacheRequestsFitTheMemoryBound(t *testing.T) {
 	const size = 96 << 20
-	c, ps := openPattern(t, size, CacheOptions{MaxBytes: 16 << 20})
+	c, ps := openPattern(t, size, 30*time.Millisecond, CacheOptions{MaxBytes: 16 << 20})
 	buf := make([]byte, 1<<20)
 	maxUsed := int64(0)
 	for off := int64(0); off < size; off += int64(len(buf)) {
@@ -165,7 +170,7 @@ func TestCacheRequestsFitTheMemoryBound(t *testing.T) {
 // sequential runs now grow.
 func TestCacheRandomReadsKeepSmallRequests(t *testing.T) {
 	const size = 1 << 30
-	c, ps := openPattern(t, size, CacheOptions{})
+	c, ps := openPattern(t, size, 0, CacheOptions{})
 	r := rand.New(rand.NewPCG(14, 14))
 	const n = 64
 	for i := range n {
