@@ -45,6 +45,9 @@ type gatedDevice struct {
 	blockdev.Device
 	key   *gatedKey
 	reads atomic.Int32
+	// far is set by a read at or past 4096: LUKS1 keyslot key material
+	// (the binary header is the first 592 bytes).
+	far atomic.Bool
 	// readsBeforeKey counts reads that had to wait for the key request.
 	readsBeforeKey atomic.Int32
 }
@@ -53,6 +56,9 @@ var errNeverAsked = errors.New("the key was not asked for while the header was b
 
 func (d *gatedDevice) ReadAt(p []byte, off int64) (int, error) {
 	d.reads.Add(1)
+	if off >= 4096 {
+		d.far.Store(true)
+	}
 	select {
 	case <-d.key.asked:
 	default:
@@ -67,10 +73,11 @@ func (d *gatedDevice) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // The passphrase is asked for before the first header read completes, and
-// its answer is awaited only once the header and keyslots are in: with a
-// Barbican key, the secret's round trips overlap the header reads instead
-// of following them. (Before the prefetch the header reads waited here for
-// a key request that came only after them, and Open failed.)
+// the keyslot's key material is read while its answer is awaited: with a
+// Barbican key, the secret's round trips overlap the header and keyslot
+// reads instead of preceding or following them. (Before the prefetch the
+// header reads waited here for a key request that came only after them,
+// and Open failed; without the keyslot read ahead the key came 5 s late.)
 func TestKeyFetchOverlapsHeaderReads(t *testing.T) {
 	dir := t.TempDir()
 	plain := bytes.Repeat([]byte("imgfs#14"), 64<<10)
@@ -82,9 +89,16 @@ func TestKeyFetchOverlapsHeaderReads(t *testing.T) {
 	defer f.Close()
 	key := &gatedKey{pass: "overlap", asked: make(chan struct{}), allowed: make(chan struct{})}
 	dev := &gatedDevice{Device: f, key: key}
-	// The key answers only after the header has been read through.
+	// The key answers only once the keyslot's key material has been read
+	// (or after 5 s: then the keyslot was read only after the key came).
+	var late atomic.Bool
 	go func() {
-		for dev.reads.Load() < 2 {
+		deadline := time.Now().Add(5 * time.Second)
+		for !dev.far.Load() {
+			if time.Now().After(deadline) {
+				late.Store(true)
+				break
+			}
 			time.Sleep(time.Millisecond)
 		}
 		close(key.allowed)
@@ -100,6 +114,9 @@ func TestKeyFetchOverlapsHeaderReads(t *testing.T) {
 	}
 	if !bytes.Equal(got, plain) {
 		t.Fatal("plaintext differs")
+	}
+	if late.Load() {
+		t.Error("the keyslot was not read while the key was awaited")
 	}
 	if n := key.calls.Load(); n != 1 {
 		t.Fatalf("key asked for %d times, want 1", n)
