@@ -299,14 +299,16 @@ func (c *Cache) mapFor(piece bool) map[int64]*cblock {
 // read counts as sequential when it starts near the end of the previous one
 // (parallel readers of consecutive chunks arrive slightly out of order).
 // Read-ahead starts once a run has covered two blocks and its window grows
-// with the run — as far ahead as the run has read, up to c.window blocks —
+// with the run — as far ahead as the run has read, up to c.grown blocks —
 // so scattered header reads fetch nothing extra. The window is refilled
 // only once half of it is missing, so each request is about half the
-// window: requests double as the run goes on (8, 16, 32, 64 MiB, rclone's
-// chunk doubling), up to c.maxReq blocks, and about two are in flight. A
-// server's cost per request (Glance: about 11 ms on loopback, more behind
-// a load balancer or across a WAN) is then paid once per tens of MiB, and
-// hidden behind the other request's transfer.
+// window: requests double as the run goes on (4, 8, 16 … MiB, rclone's
+// chunk doubling), up to c.maxReq blocks, and about two are in flight.
+// c.grown itself doubles (grow, up to c.window) while the reader waits for
+// requests the server has not started answering, so a server's cost per
+// request (Glance: about 11 ms on loopback, more behind a load balancer or
+// across a WAN) is paid once per tens of MiB and hidden behind the other
+// request's transfer, while a fast server keeps a small window.
 func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	if c.window == 0 {
 		return false
