@@ -21,6 +21,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/remote"
@@ -107,6 +109,13 @@ type Image struct {
 	opts    Options
 	enc     luksio.Encrypted
 	closers []func() error
+
+	// start is when Open began; ready when Disk was unlocked; firstByte
+	// (nanoseconds after start, 0 = not yet) when a read of Disk first
+	// returned data.
+	start     time.Time
+	ready     time.Time
+	firstByte atomic.Int64
 }
 
 // Open opens SOURCE — a local file, an http(s):// URL, or a Glance image
@@ -115,6 +124,7 @@ type Image struct {
 // passphrase is fetched only if the image is encrypted and zeroed once
 // the volume key is derived; Close zeroes the volume key.
 func Open(ctx context.Context, source string, opts Options) (*Image, error) {
+	start := time.Now()
 	src, err := openSource(ctx, source, opts)
 	if err != nil {
 		return nil, err
@@ -123,7 +133,7 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 	if opts.WrapStored != nil {
 		src.dev = opts.WrapStored(src.dev)
 	}
-	img := &Image{Stored: src.dev, src: src, opts: mergeStated(opts, src)}
+	img := &Image{Stored: src.dev, src: src, opts: mergeStated(opts, src), start: start}
 	if opts.StoredOnly {
 		img.Info, err = inspectDevice(src.dev, img.opts, src.stated)
 	} else {
@@ -141,7 +151,7 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 // stored image): Format, Key, NoKey, StoredOnly, Unlock and Policy of opts
 // apply. Close does not close dev.
 func OpenDevice(ctx context.Context, dev blockdev.Device, opts Options) (*Image, error) {
-	img := &Image{Stored: dev, src: &source{dev: dev, close: func() error { return nil }}, opts: opts}
+	img := &Image{Stored: dev, src: &source{dev: dev, close: func() error { return nil }}, opts: opts, start: time.Now()}
 	var err error
 	if opts.StoredOnly {
 		img.Info, err = inspectDevice(dev, opts, stated{})
@@ -167,7 +177,8 @@ func (img *Image) OpenDisk(ctx context.Context) error {
 	if img.Info != nil {
 		b.info.Source = img.Info.Source
 	}
-	img.Info, img.Disk, img.enc, img.closers = b.info, b.disk, b.enc, append(img.closers, b.closers...)
+	img.ready = time.Now()
+	img.Info, img.Disk, img.enc, img.closers = b.info, img.timed(b.disk), b.enc, append(img.closers, b.closers...)
 	return nil
 }
 
@@ -181,7 +192,49 @@ func (img *Image) Stats() (st blockdev.Stats, ok bool) {
 	if img.src.stats == nil {
 		return st, false
 	}
-	return img.src.stats(), true
+	st = img.src.stats()
+	ms := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return max(float64(t.Sub(img.start).Microseconds())/1000, 0.001)
+	}
+	st.TokenMS, st.ReadyMS = ms(img.src.tokenAt), ms(img.ready)
+	if fb := img.firstByte.Load(); fb > 0 {
+		st.FirstByteMS = float64(fb/1000) / 1000
+	}
+	return st, true
+}
+
+// timed wraps the plaintext disk so that the first read to return data
+// sets img.firstByte (the time to first byte of --stats and of a mount's
+// stats file). A Mapper stays a Mapper.
+func (img *Image) timed(d blockdev.Device) blockdev.Device {
+	t := &timedDevice{Device: d, img: img}
+	if m, ok := d.(blockdev.Mapper); ok {
+		return &timedMapper{t, m}
+	}
+	return t
+}
+
+// timedDevice records the first read that returns data.
+type timedDevice struct {
+	blockdev.Device
+	img *Image
+}
+
+// ReadAt implements io.ReaderAt.
+func (t *timedDevice) ReadAt(p []byte, off int64) (int, error) {
+	n, err := t.Device.ReadAt(p, off)
+	if n > 0 && t.img.firstByte.Load() == 0 {
+		t.img.firstByte.CompareAndSwap(0, max(int64(time.Since(t.img.start)), 1))
+	}
+	return n, err
+}
+
+type timedMapper struct {
+	*timedDevice
+	blockdev.Mapper
 }
 
 // Mode is how a remote source reads: "range" or "sequential"; "" for a

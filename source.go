@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/remote"
@@ -33,6 +34,8 @@ type source struct {
 	verify func(ctx context.Context) error
 	// unverified says why a checksum the source states cannot be checked.
 	unverified string
+	// tokenAt is when the cloud token was in hand (zero: no cloud).
+	tokenAt time.Time
 }
 
 // IsRemote reports whether SOURCE names a remote image (an http(s) URL or
@@ -102,6 +105,7 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("glance image %s: %w", id, err)
 	}
+	tokenAt := time.Now()
 	g, err := cloud.OpenGlance(ctx, sess, id, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache})
 	if err != nil {
 		return nil, err
@@ -117,7 +121,7 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 			info[k] = img.Property(k) // ids and policies, never key material
 		}
 	}
-	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats}
+	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats, tokenAt: tokenAt}
 	switch h := img.Hash(); {
 	case g.Verifiable():
 		info["checksum"] = h.Algo

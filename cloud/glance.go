@@ -10,7 +10,6 @@ import (
 
 	"github.com/imgfs/imgfs/blockdev/remote"
 
-	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 )
 
@@ -97,7 +96,7 @@ func (g *GlanceImage) KeyID() string {
 
 // GetImage reads a Glance image's metadata.
 func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
-	client, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+	client, err := c.ImageService()
 	if err != nil {
 		return nil, fmt.Errorf("glance: %w", err)
 	}
@@ -142,7 +141,7 @@ func OpenGlance(ctx context.Context, cloud *Session, id string, opts GlanceOptio
 	if img.Size <= 0 {
 		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, remote.ErrRemote)
 	}
-	client, err := openstack.NewImageV2(cloud.Provider, cloud.Endpoint)
+	client, err := cloud.ImageService()
 	if err != nil {
 		return nil, fmt.Errorf("glance: %w", err)
 	}
