@@ -23,6 +23,7 @@ import (
 	"fmt"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/remote"
 	"github.com/imgfs/imgfs/keyring"
 	"github.com/imgfs/imgfs/luksio"
@@ -72,6 +73,14 @@ type Options struct {
 	HTTP remote.HTTPOptions
 	// Cache tunes the block cache in front of remote sources.
 	Cache remote.CacheOptions
+	// Ceph says how to reach a Ceph cluster, for rbd:POOL/IMAGE[@SNAP]
+	// sources and for Glance images whose location is rbd://. The zero
+	// value behaves like the rbd CLI ($CEPH_CONF else /etc/ceph/ceph.conf,
+	// client.admin, 30 s timeout).
+	Ceph rbd.Config
+	// NoDirect reads Glance images over Glance's HTTP API even when their
+	// location is on an RBD cluster imgfs could reach.
+	NoDirect bool
 
 	// WrapStored, if set, wraps the stored image before anything reads
 	// it, to count or trace the reads; Stored is then the wrapper.
@@ -184,14 +193,20 @@ func (img *Image) Stats() (st blockdev.Stats, ok bool) {
 	return img.src.stats(), true
 }
 
-// Mode is how a remote source reads: "range" or "sequential"; "" for a
-// local file.
+// Mode is how a remote source reads: "range", "sequential" or "rbd"; ""
+// for a local file.
 func (img *Image) Mode() string {
 	if m, ok := img.src.remote.(remote.ModeReporter); ok {
 		return string(m.Mode())
 	}
 	return ""
 }
+
+// DirectNote says why a Glance image whose location is on RBD is read
+// over HTTP instead of directly ("" when it is read directly, when it has
+// no rbd:// location, or with Options.NoDirect). Callers show it once; Info
+// carries the reason in Source["direct"] for every Glance image.
+func (img *Image) DirectNote() string { return img.src.directNote }
 
 // CanVerify reports whether the source states a checksum of the stored
 // image (Glance's os_hash_value or checksum) that Verify checks.
