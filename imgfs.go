@@ -140,6 +140,10 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 	}
 	if err != nil {
 		src.close()
+		if src.directNote != "" {
+			// the caller never gets the Image whose DirectNote says why
+			return nil, fmt.Errorf("%s: %w (%s)", source, err, src.directNote)
+		}
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	img.Info.Source = src.info

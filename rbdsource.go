@@ -180,7 +180,7 @@ func describeCephError(err error, cfg rbd.Config) string {
 	case errors.Is(err, rbd.ErrNotFound):
 		return fmt.Sprintf("image or snapshot missing: %v", err)
 	case errors.Is(err, rbd.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("cluster unreachable within %s (%s): %v", cfg.TimeoutOrDefault(), cfg.ConfPath(), err)
+		return fmt.Sprintf("cluster unreachable within %s: %v", cfg.TimeoutOrDefault(), err)
 	}
 	return fmt.Sprintf("cannot use the cluster (%s): %v", cfg.ConfPath(), err)
 }
