@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/rbd"
@@ -25,12 +26,114 @@ func isRBDSpec(spec string) bool {
 }
 
 // rbdDevice is an opened RBD image as a cache's device below: it reports
-// ModeRBD and, through the embedded Image, its librbd read counters and
-// vector reads.
-type rbdDevice struct{ *rbd.Image }
+// ModeRBD, counts the librbd reads, and after a read that timed out (an OSD
+// or the network went away) it reconnects before the next read: a
+// librados client whose OSD was restarted may keep timing out on its old
+// connection. A reconnection must find the same cluster (fsid) and an
+// image of the same size.
+type rbdDevice struct {
+	cfg  rbd.Config
+	spec rbd.Spec
+	fsid string
+	size int64
+
+	mu      sync.RWMutex
+	cluster *rbd.Cluster
+	image   *rbd.Image
+	stale   bool           // the last read timed out: reconnect first
+	old     blockdev.Stats // counters of replaced images
+}
+
+func newRBDDevice(cfg rbd.Config, c *rbd.Cluster, im *rbd.Image) *rbdDevice {
+	return &rbdDevice{cfg: cfg, spec: im.Spec(), fsid: c.FSID(), size: im.Size(), cluster: c, image: im}
+}
 
 // Mode implements remote.ModeReporter.
-func (rbdDevice) Mode() remote.Mode { return ModeRBD }
+func (*rbdDevice) Mode() remote.Mode { return ModeRBD }
+
+// Size returns the image's size.
+func (d *rbdDevice) Size() int64 { return d.size }
+
+// Stats returns the librbd read counters of every connection made.
+func (d *rbdDevice) Stats() blockdev.Stats {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.old.Add(d.image.Stats())
+}
+
+// ReadAt implements io.ReaderAt.
+func (d *rbdDevice) ReadAt(p []byte, off int64) (int, error) {
+	var n int
+	err := d.do(func(im *rbd.Image) error {
+		var err error
+		n, err = im.ReadAt(p, off)
+		return err
+	})
+	return n, err
+}
+
+// ReadVecAt implements blockdev.VectorReader.
+func (d *rbdDevice) ReadVecAt(bufs [][]byte, off int64) error {
+	return d.do(func(im *rbd.Image) error { return im.ReadVecAt(bufs, off) })
+}
+
+func (d *rbdDevice) do(read func(*rbd.Image) error) error {
+	if err := d.reconnectIfStale(); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	err := read(d.image)
+	d.mu.RUnlock()
+	if errors.Is(err, rbd.ErrTimeout) {
+		d.mu.Lock()
+		d.stale = true
+		d.mu.Unlock()
+	}
+	return err
+}
+
+// reconnectIfStale replaces the connection after a timed-out read.
+func (d *rbdDevice) reconnectIfStale() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.stale {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.TimeoutOrDefault())
+	defer cancel()
+	c, err := rbd.Connect(ctx, d.cfg)
+	if err != nil {
+		return fmt.Errorf("%s: reconnect after a timeout: %w", d.spec, err)
+	}
+	if c.FSID() != d.fsid {
+		c.Close()
+		return fmt.Errorf("%s: reconnect after a timeout: cluster fsid is now %s, was %s: %w", d.spec, c.FSID(), d.fsid, remote.ErrRemote)
+	}
+	im, err := c.OpenImage(d.spec.Pool, d.spec.Image, d.spec.Snap)
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("%s: reconnect after a timeout: %w", d.spec, err)
+	}
+	if im.Size() != d.size {
+		im.Close()
+		c.Close()
+		return fmt.Errorf("%s: reconnect after a timeout: size is now %d, was %d: %w", d.spec, im.Size(), d.size, remote.ErrRemote)
+	}
+	d.old = d.old.Add(d.image.Stats())
+	d.image.Close()
+	d.cluster.Close()
+	d.cluster, d.image, d.stale = c, im, false
+	return nil
+}
+
+// Close closes the image and the connection.
+func (d *rbdDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	err := d.image.Close()
+	d.cluster.Close()
+	return err
+}
 
 // openRBDSpec opens SOURCE rbd:POOL/IMAGE[@SNAP] read-only behind a block
 // cache.
@@ -48,7 +151,7 @@ func openRBDSpec(ctx context.Context, spec string, opts Options) (*source, error
 		c.Close()
 		return nil, err
 	}
-	d, err := newRBDSource(im, c, opts.Cache)
+	d, err := newRBDSource(newRBDDevice(opts.Ceph, c, im), opts.Cache)
 	if err != nil {
 		return nil, err
 	}
@@ -70,20 +173,17 @@ func connectCeph(ctx context.Context, cfg rbd.Config) (*rbd.Cluster, error) {
 
 // newRBDSource puts a block cache in front of an opened RBD image; closing
 // the source closes the cache, the image and the cluster connection.
-func newRBDSource(im *rbd.Image, c *rbd.Cluster, co remote.CacheOptions) (*source, error) {
-	cache, err := remote.NewCache(rbdDevice{im}, co)
+func newRBDSource(d *rbdDevice, co remote.CacheOptions) (*source, error) {
+	cache, err := remote.NewCache(d, co)
 	if err != nil {
-		im.Close()
-		c.Close()
+		d.Close()
 		return nil, err
 	}
 	return &source{
 		dev: cache,
 		close: func() error {
 			cache.Close()
-			err := im.Close()
-			c.Close()
-			return err
+			return d.Close()
 		},
 		stats: cache.Stats,
 	}, nil
@@ -209,7 +309,7 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 	if hash.Supported() {
 		co.Hash = hash
 	}
-	src, err := newRBDSource(d.image, d.cluster, co)
+	src, err := newRBDSource(newRBDDevice(opts.Ceph, d.cluster, d.image), co)
 	if err != nil {
 		return nil, err
 	}
@@ -221,4 +321,8 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 	return src, nil
 }
 
-var _ blockdev.Device = rbdDevice{}
+var (
+	_ blockdev.Device        = (*rbdDevice)(nil)
+	_ blockdev.VectorReader  = (*rbdDevice)(nil)
+	_ blockdev.StatsReporter = (*rbdDevice)(nil)
+)
