@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
+	"golang.org/x/sys/unix"
 
 	"github.com/imgfs/imgfs/tests/testimg"
 )
@@ -445,5 +446,51 @@ func TestRBDOSDRestartMidRead(t *testing.T) {
 	}
 	t.Logf("FIGURE OSD kill/restart test total %s", time.Since(start).Round(time.Millisecond))
 	disk.Close()
+	unmountAndCheck(t, mnt, pid)
+}
+
+// A sparse 1 GiB qcow2 in the rbd store, mounted: SEEK_DATA and SEEK_HOLE
+// follow its L2 tables through the block cache over RBD, dd far into it
+// reads the exact bytes, and little is fetched.
+func TestRBDMountSparseQcow2Seeks(t *testing.T) {
+	tc := needCeph(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "sparse.qcow2")
+	testimg.QemuImg(t, "create", "-f", "qcow2", img, "1G")
+	testimg.QemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 1M", "-c", "write -P 0xa5 300M 2M",
+		"-c", "write -P 0x77 1073676288 65536", img)
+	id := tc.uploadRBD(t, "qcow2", nil, img)
+	mnt, pid := mountDaemon(t, id)
+	f, err := os.Open(filepath.Join(mnt, "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		off    int64
+		whence int
+		want   int64
+	}{
+		{0, unix.SEEK_HOLE, 1 << 20},
+		{1 << 20, unix.SEEK_DATA, 300 << 20},
+		{300 << 20, unix.SEEK_HOLE, 302 << 20},
+		{302 << 20, unix.SEEK_DATA, 1073676288},
+		{1073676288, unix.SEEK_HOLE, 1 << 30},
+	} {
+		if got, err := unix.Seek(int(f.Fd()), c.off, c.whence); err != nil || got != c.want {
+			t.Errorf("lseek(%d, whence %d) = %d, %v; want %d", c.off, c.whence, got, err, c.want)
+		}
+	}
+	buf := make([]byte, 65536)
+	if _, err := f.ReadAt(buf, 1073676288); err != nil || !bytes.Equal(buf, bytes.Repeat([]byte{0x77}, 65536)) {
+		t.Fatalf("read of the last 64 KiB: %v or bytes differ", err)
+	}
+	if _, err := f.ReadAt(buf, 301<<20); err != nil || !bytes.Equal(buf, bytes.Repeat([]byte{0xa5}, 65536)) {
+		t.Fatalf("read at 301 MiB: %v or bytes differ", err)
+	}
+	f.Close()
+	st := readMountStats(t, mnt)
+	if st.Mode != "rbd" || st.BytesFetched > 16<<20 {
+		t.Fatalf("mount stats %+v: want mode rbd and little fetched", st)
+	}
 	unmountAndCheck(t, mnt, pid)
 }
