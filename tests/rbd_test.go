@@ -325,7 +325,7 @@ func TestRBDFallbacksSayWhy(t *testing.T) {
 		// the Glance image: the direct path is abandoned within the
 		// timeout; Glance itself cannot read RBD either, so the read fails
 		// (or, had Glance a copy, succeeds) — never wrong bytes
-		r, took = imgfsTimed(t, nil, "cat", "--ceph-timeout", "3s", "--http-stall-timeout", "5s", id)
+		r, took = imgfsTimed(t, nil, "cat", "--ceph-timeout", "3s", "--http-stall-timeout", "2s", id)
 		t.Logf("glance image with the mon stopped: exit %d after %s: %s", r.code, took, r.stderr)
 		if !strings.Contains(string(r.stderr), "cluster unreachable") {
 			t.Fatalf("stderr does not say the cluster is unreachable: %s", r.stderr)
@@ -493,4 +493,43 @@ func TestRBDMountSparseQcow2Seeks(t *testing.T) {
 		t.Fatalf("mount stats %+v: want mode rbd and little fetched", st)
 	}
 	unmountAndCheck(t, mnt, pid)
+}
+
+// The integrity check still comes from Glance on the direct path: an RBD
+// snapshot whose bytes are not what Glance hashed (here: the snapshot
+// Glance made renamed away, the head changed, a new "snap" taken as
+// admin) fails a whole read with "integrity check failed".
+func TestRBDTamperedSnapshotFailsIntegrity(t *testing.T) {
+	tc := needCeph(t)
+	testimg.Need(t, "/usr/bin/python3")
+	plain := testimg.RandomBytes(2<<20, 135)
+	id := tc.uploadRBD(t, "raw", nil, testimg.WriteFile(t, t.TempDir(), "plain.raw", plain))
+	py := `
+import rados, rbd, sys
+c = rados.Rados(conffile=sys.argv[1]); c.connect(timeout=15)
+io = c.open_ioctx(sys.argv[2])
+with rbd.Image(io, sys.argv[3]) as im:
+    im.rename_snap("snap", "glance-orig")
+    im.write(b"X", 4096)
+    im.create_snap("snap")
+io.close(); c.shutdown()
+`
+	if out, err := exec.Command("/usr/bin/python3", "-I", "-c", py, os.Getenv("CEPH_CONF"), os.Getenv("CEPHL_POOL"), id).CombinedOutput(); err != nil {
+		t.Fatalf("tamper with the RBD image: %v: %s", err, out)
+	}
+	info := string(mustImgfs(t, nil, "info", id))
+	if infoLine(info, "mode") != "rbd" || infoLine(info, "checksum") == "" {
+		t.Fatalf("info: want mode rbd and a checksum:\n%s", info)
+	}
+	out := filepath.Join(t.TempDir(), "out.raw")
+	mustFail(t, runImgfs(t, nil, "cat", id, "-o", out), "integrity check failed")
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a failed verification left the output file")
+	}
+	// a partial read is not verified (nothing to compare with) and shows
+	// what RADOS holds
+	got := mustImgfs(t, nil, "cat", "--length", "8192", id)
+	if !bytes.Equal(got[:4096], plain[:4096]) || got[4096] != 'X' {
+		t.Fatal("partial read: unexpected bytes")
+	}
 }
