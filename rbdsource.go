@@ -19,6 +19,9 @@ import (
 // read directly from a Ceph cluster.
 const ModeRBD remote.Mode = "rbd"
 
+// errNoCephConfig means the ceph.conf to read is not there.
+var errNoCephConfig = errors.New("no Ceph config")
+
 // isRBDSpec reports whether SOURCE is in QEMU's RBD spelling,
 // rbd:POOL/IMAGE[@SNAP] (not a Glance rbd:// location).
 func isRBDSpec(spec string) bool {
@@ -166,7 +169,7 @@ func connectCeph(ctx context.Context, cfg rbd.Config) (*rbd.Cluster, error) {
 		return nil, fmt.Errorf("rbd: %w", rbd.ErrNoCeph)
 	}
 	if _, err := os.Stat(cfg.ConfPath()); err != nil {
-		return nil, fmt.Errorf("no Ceph config: %w", err)
+		return nil, fmt.Errorf("%w: %w", errNoCephConfig, err)
 	}
 	return rbd.Connect(ctx, cfg)
 }
@@ -273,7 +276,7 @@ func describeCephError(err error, cfg rbd.Config) string {
 	switch {
 	case errors.Is(err, rbd.ErrNoCeph):
 		return "built without Ceph support"
-	case errors.Is(err, os.ErrNotExist) && strings.HasPrefix(err.Error(), "no Ceph config"):
+	case errors.Is(err, errNoCephConfig):
 		return fmt.Sprintf("no Ceph config (%s)", cfg.ConfPath())
 	case errors.Is(err, rbd.ErrPermission):
 		return fmt.Sprintf("permission denied (%s): %v", cfg.Client(), err)

@@ -66,7 +66,7 @@ upload() { # upload NAME DISK_FORMAT FILE -> id (rbd store)
   id=$(curl -s -X POST "$OSL_GLANCE_URL/v2/images" -H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/json' \
     -d '{"name":"'"$1"'","disk_format":"'"$2"'","container_format":"bare"}' | json '["id"]')
   curl -sf -X PUT "$OSL_GLANCE_URL/v2/images/$id/file" -H "X-Auth-Token: $TOKEN" -H 'X-Image-Meta-Store: ceph' \
-    -H 'Content-Type: application/octet-stream' --data-binary @"$3"
+    -H 'Content-Type: application/octet-stream' -T "$3" >&2
   echo "$id"
 }
 
