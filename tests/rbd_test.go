@@ -533,3 +533,25 @@ io.close(); c.shutdown()
 		t.Fatal("partial read: unexpected bytes")
 	}
 }
+
+// rbd: sources without a cluster: the spelling is checked, a missing
+// ceph.conf is named, --ceph-timeout must be positive, and a build without
+// Ceph says so.
+func TestRBDSpecErrorsWithoutCluster(t *testing.T) {
+	mustFail(t, runImgfs(t, nil, "cat", "--ceph-conf", "/nonexistent/ceph.conf", "rbd:images/disk"), "no Ceph config", "/nonexistent/ceph.conf")
+	mustFail(t, runImgfs(t, nil, "cat", "rbd:images"), "want rbd:POOL/IMAGE[@SNAP]")
+	mustFail(t, runImgfs(t, nil, "cat", "rbd:images/disk:conf=/x"), "options after ':' are not supported")
+	mustFail(t, runImgfs(t, nil, "cat", "--ceph-timeout", "0s", "rbd:images/disk"), "--ceph-timeout")
+
+	bin := filepath.Join(t.TempDir(), "imgfs-noceph")
+	build := exec.Command("go", "build", "-tags", "noceph", "-o", bin, "../cmd/imgfs")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags noceph: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin, "cat", "rbd:images/disk")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err == nil || out.Len() != 0 || !strings.Contains(errb.String(), "built without Ceph support") {
+		t.Fatalf("noceph build: %v, %d bytes out, stderr %q", err, out.Len(), errb.String())
+	}
+}
