@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/remote"
 	"github.com/imgfs/imgfs/keyring"
 	"github.com/imgfs/imgfs/luksio"
@@ -74,6 +75,14 @@ type Options struct {
 	HTTP remote.HTTPOptions
 	// Cache tunes the block cache in front of remote sources.
 	Cache remote.CacheOptions
+	// Ceph says how to reach a Ceph cluster, for rbd:POOL/IMAGE[@SNAP]
+	// sources and for Glance images whose location is rbd://. The zero
+	// value behaves like the rbd CLI ($CEPH_CONF else /etc/ceph/ceph.conf,
+	// client.admin, 30 s timeout).
+	Ceph rbd.Config
+	// NoDirect reads Glance images over Glance's HTTP API even when their
+	// location is on an RBD cluster imgfs could reach.
+	NoDirect bool
 
 	// WrapStored, if set, wraps the stored image before anything reads
 	// it, to count or trace the reads; Stored is then the wrapper.
@@ -141,6 +150,10 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 	}
 	if err != nil {
 		src.close()
+		if src.directNote != "" {
+			// the caller never gets the Image whose DirectNote says why
+			return nil, fmt.Errorf("%s: %w (%s)", source, err, src.directNote)
+		}
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	img.Info.Source = src.info
@@ -237,14 +250,20 @@ type timedMapper struct {
 	blockdev.Mapper
 }
 
-// Mode is how a remote source reads: "range" or "sequential"; "" for a
-// local file.
+// Mode is how a remote source reads: "range", "sequential" or "rbd"; ""
+// for a local file.
 func (img *Image) Mode() string {
 	if m, ok := img.src.remote.(remote.ModeReporter); ok {
 		return string(m.Mode())
 	}
 	return ""
 }
+
+// DirectNote says why a Glance image whose location is on RBD is read
+// over HTTP instead of directly ("" when it is read directly, when it has
+// no rbd:// location, or with Options.NoDirect). Callers show it once; Info
+// carries the reason in Source["direct"] for every Glance image.
+func (img *Image) DirectNote() string { return img.src.directNote }
 
 // CanVerify reports whether the source states a checksum of the stored
 // image (Glance's os_hash_value or checksum) that Verify checks.

@@ -4,7 +4,8 @@
 # RSS and ratios. Knobs: BENCH_SIZE (default 1G), BENCH_DIR (default /dev/shm if it
 # fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1, BENCH_SKIP_GLANCE=1
 # (tests/bench-glance.sh: the loopback Glance, directly and at 5/20 ms RTT;
-# BENCH_GLANCE_SIZE, default 512M).
+# BENCH_GLANCE_SIZE, default 512M), BENCH_SKIP_RBD=1 (tests/bench-rbd.sh: Glance's rbd
+# store on a local Ceph, direct reads vs the tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${BENCH_SIZE:-1G}
@@ -95,6 +96,9 @@ if [ -z "${BENCH_SKIP_MOUNT:-}" ]; then
 fi
 if [ -z "${BENCH_SKIP_GLANCE:-}" ]; then
   echo; BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-glance.sh
+fi
+if [ -z "${BENCH_SKIP_RBD:-}" ]; then
+  echo; BENCH_RBD_SIZE=$SIZE tests/bench-rbd.sh
 fi
 if command -v openssl > /dev/null; then
   echo; echo "## crypto ceiling (one core)"

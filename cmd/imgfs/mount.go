@@ -81,7 +81,7 @@ func mountCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}
