@@ -295,34 +295,50 @@ func (img *Image) walk(v *verdict, budget int64) error {
 		return nil
 	}
 	var allocated int64
-	// L2 tables are fetched walkParallelism at a time: over HTTP each is a
-	// request, and Open should not pay their latencies one after another.
-	// Open keeps the tables it walks (at most budget bytes) in the L2
-	// cache for the reads that follow. Inspect (no budget) reads none, and
-	// may walk 4Mi tables: it reads each into reused buffers instead of
-	// allocating and caching them.
-	cache := budget != walkAll
-	var batch [walkParallelism]uint64 // L1 indexes
-	var loaded [walkParallelism]l2Table
-	var bufs [walkParallelism][]byte
-	var errs [walkParallelism]error
-	if !cache {
-		for i := range walkParallelism {
-			loaded[i] = make(l2Table, img.clusterSize/8)
-			bufs[i] = make([]byte, img.clusterSize)
+	var err error
+	if budget == walkAll {
+		allocated, err = img.walkRuns(v, valid)
+	} else {
+		allocated, err = img.walkCached(v, valid)
+	}
+	if err != nil {
+		return err
+	}
+	img.info.AllocatedBytes = allocated
+	return nil
+}
+
+// forEachValid calls fn with every L1 index whose bit is set in valid, in
+// order, until fn fails.
+func forEachValid(valid []uint64, fn func(l1i uint64) error) error {
+	for w, word := range valid {
+		for word != 0 {
+			b := uint64(bits.TrailingZeros64(word))
+			word &= word - 1
+			if err := fn(uint64(w)*64 + b); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
+}
+
+// walkCached is Open's walk (at most eagerWalkBytes of tables): it loads the
+// tables of the L1 entries marked in valid through the L2 cache, where the
+// reads that follow find them, walkParallelism at a time (over HTTP each is
+// a request, and Open should not pay their latencies one after another),
+// and checks them in L1 order.
+func (img *Image) walkCached(v *verdict, valid []uint64) (int64, error) {
+	var allocated int64
+	var batch [walkParallelism]uint64 // L1 indexes
+	var loaded [walkParallelism]l2Table
+	var errs [walkParallelism]error
 	n := 0
 	flush := func() error {
 		var wg sync.WaitGroup
 		for i := range n {
 			l1i := batch[i]
-			off := int64(img.l1[l1i] & l1OffsetMask)
-			if cache {
-				wg.Go(func() { loaded[i], errs[i] = img.loadL2(l1i, off) })
-			} else {
-				wg.Go(func() { errs[i] = img.readL2Into(loaded[i], bufs[i], off) })
-			}
+			wg.Go(func() { loaded[i], errs[i] = img.loadL2(l1i, int64(img.l1[l1i]&l1OffsetMask)) })
 		}
 		wg.Wait()
 		for i := range n {
@@ -330,30 +346,95 @@ func (img *Image) walk(v *verdict, budget int64) error {
 				return errs[i]
 			}
 			allocated += img.checkL2(v, batch[i], int64(img.l1[batch[i]]&l1OffsetMask), loaded[i])
-			if cache {
-				loaded[i] = nil
-			}
+			loaded[i] = nil
 		}
 		n = 0
 		return nil
 	}
-	for w, word := range valid {
-		for word != 0 {
-			b := uint64(bits.TrailingZeros64(word))
-			word &= word - 1
-			batch[n] = uint64(w)*64 + b
-			if n++; n == walkParallelism {
+	err := forEachValid(valid, func(l1i uint64) error {
+		batch[n] = l1i
+		if n++; n == walkParallelism {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	return allocated, err
+}
+
+// walkRunBytes is the most L2 table bytes walkRuns reads at once.
+const walkRunBytes = 256 << 10
+
+// walkRuns is Inspect's walk, which has no budget: an L1 table of 4Mi
+// entries may reference 4Mi tables. Tables that follow each other in the
+// file, for L1 entries that follow each other, are read as one run of up
+// to walkRunBytes into reused buffers (walkParallelism runs at a time),
+// neither allocated one by one nor cached (Inspect reads no data), and
+// checked in L1 order.
+func (img *Image) walkRuns(v *verdict, valid []uint64) (int64, error) {
+	cs := img.clusterSize
+	per := max(1, int(walkRunBytes/cs))
+	var runs [walkParallelism][]uint64 // L1 indexes of each run
+	var bufs [walkParallelism][]byte
+	var errs [walkParallelism]error
+	for i := range walkParallelism {
+		runs[i] = make([]uint64, 0, per)
+		bufs[i] = make([]byte, int64(per)*cs)
+	}
+	table := make(l2Table, cs/8)
+	var allocated int64
+	n := 0 // runs started
+	flush := func() error {
+		var wg sync.WaitGroup
+		for i := range n {
+			first := int64(img.l1[runs[i][0]] & l1OffsetMask)
+			buf := bufs[i][:int64(len(runs[i]))*cs]
+			wg.Go(func() {
+				if err := blockdev.ReadFull(img.dev, buf, first); err != nil {
+					errs[i] = fmt.Errorf("qcow2: L2 table at %#x: %w", first, err)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				return errs[i]
+			}
+			for k, l1i := range runs[i] {
+				b := bufs[i][int64(k)*cs:]
+				for j := range table {
+					table[j] = binary.BigEndian.Uint64(b[j*8:])
+				}
+				allocated += img.checkL2(v, l1i, int64(img.l1[l1i]&l1OffsetMask), table)
+			}
+			runs[i] = runs[i][:0]
+		}
+		n = 0
+		return nil
+	}
+	var last int64 // table offset of the last L1 entry added
+	err := forEachValid(valid, func(l1i uint64) error {
+		off := int64(img.l1[l1i] & l1OffsetMask)
+		if n > 0 && len(runs[n-1]) < per && off == last+cs {
+			runs[n-1] = append(runs[n-1], l1i)
+		} else {
+			if n == walkParallelism {
 				if err := flush(); err != nil {
 					return err
 				}
 			}
+			runs[n] = append(runs[n], l1i)
+			n++
 		}
+		last = off
+		return nil
+	})
+	if err == nil {
+		err = flush()
 	}
-	if err := flush(); err != nil {
-		return err
-	}
-	img.info.AllocatedBytes = allocated
-	return nil
+	return allocated, err
 }
 
 // checkL2 checks the entries of the L2 table t (at l2off, for L1 entry l1i)
