@@ -36,9 +36,9 @@ func (k *keyFlags) flags() []cli.Flag {
 		&cli.StringFlag{Name: "passphrase-file", Destination: &k.passphraseFile, Usage: "read the LUKS passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 		&cli.StringFlag{Name: "key-file", Destination: &k.keyFile, Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase (OpenStack's rule)"},
 		&cli.IntFlag{Name: "key-slot", Value: -1, Destination: &k.slot, Usage: "try only keyslot `N` (default: every active slot)"},
-		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Destination: &k.maxMemory, Usage: "refuse argon2 keyslots needing more than `SIZE` of memory"},
-		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Destination: &k.maxIterations, Usage: "refuse PBKDF2 keyslots and digests with more than `N` iterations"},
-		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Destination: &k.maxTime, Usage: "refuse argon2 keyslots with more than `N` passes"},
+		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Destination: &k.maxMemory, Usage: "refuse argon2 keyslots needing more than `SIZE` of memory (one budget for the whole unlock)"},
+		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Destination: &k.maxIterations, Usage: "stop unlocking once the keyslots and digests tried would cost more than `N` PBKDF2 iterations in all"},
+		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Destination: &k.maxTime, Usage: "bound argon2 work: memory × passes summed over the keyslots tried stays within --max-kdf-memory × `N`"},
 	}
 }
 
