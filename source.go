@@ -139,14 +139,9 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 		src.unverified = fmt.Sprintf("integrity cannot be checked: Glance's os_hash_algo %q is not supported", h.Algo)
 		info["checksum"] = h.Algo + " (not supported: integrity cannot be checked)"
 	}
-	src.stated.format, src.stated.encrypted = img.Stated()
-	if v := img.Property("os_decrypt_size"); v != "" && src.stated.encrypted {
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || n <= 0 {
-			src.close()
-			return nil, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", id, v, remote.ErrRemote)
-		}
-		src.stated.decryptSize = n
+	if src.stated, err = statedByGlance(img); err != nil {
+		src.close()
+		return nil, err
 	}
 	if opts.NoKey {
 		return src, nil
@@ -159,6 +154,20 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 		src.key = cloud.BarbicanKey(opts.Cloud, sess, keyID)
 	}
 	return src, nil
+}
+
+// statedByGlance is what a Glance image's metadata says of its bytes.
+func statedByGlance(img *cloud.GlanceImage) (stated, error) {
+	var st stated
+	st.format, st.encrypted = img.Stated()
+	if v := img.Property("os_decrypt_size"); v != "" && st.encrypted {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n <= 0 {
+			return st, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", img.ID, v, remote.ErrRemote)
+		}
+		st.decryptSize = n
+	}
+	return st, nil
 }
 
 // liveMode shows a remote source's read mode as it is when printed (it

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -150,10 +151,30 @@ func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error)
 		}
 		return nil, fmt.Errorf("glance image %s: %s", id, DescribeAPIError(err))
 	}
+	return fromGophercloud(img), nil
+}
+
+// maxImageJSON bounds the image metadata ParseImage accepts.
+const maxImageJSON = 4 << 20
+
+// ParseImage reads a Glance v2 image record (the JSON of GET
+// /v2/images/{id}) as GetImage does.
+func ParseImage(body []byte) (*GlanceImage, error) {
+	if len(body) > maxImageJSON {
+		return nil, fmt.Errorf("glance image metadata of %d bytes exceeds %d: %w", len(body), maxImageJSON, remote.ErrRemote)
+	}
+	var img images.Image
+	if err := json.Unmarshal(body, &img); err != nil {
+		return nil, fmt.Errorf("glance image metadata: %w", err)
+	}
+	return fromGophercloud(&img), nil
+}
+
+func fromGophercloud(img *images.Image) *GlanceImage {
 	g := &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
 		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties}
 	g.takeLocations()
-	return g, nil
+	return g
 }
 
 // GetReadableImage reads a Glance image's metadata and checks that it has
