@@ -16,6 +16,7 @@ func catCommand() *cli.Command {
 		of                      openFlags
 		offset, length, outPath string
 		stats                   bool
+		ofl                     outputFlags
 	)
 	return &cli.Command{
 		Name:      "cat",
@@ -24,8 +25,9 @@ func catCommand() *cli.Command {
 		Flags: append(of.flags(),
 			&cli.StringFlag{Name: "offset", Value: "0", Destination: &offset, Usage: "start at byte `N` of the plaintext (suffixes: 4K, 1M, 1MiB, 1MB)"},
 			&cli.StringFlag{Name: "length", Destination: &length, Usage: "write `N` bytes (default: to the end)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) instead of stdout"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) or a block device (in place) instead of stdout"},
 			&cli.BoolFlag{Name: "stats", Destination: &stats, Usage: "print bytes read and throughput to stderr"},
+			ofl.flags()[0], ofl.flags()[1],
 		),
 		Action: func(c *cli.Context) error {
 			if err := sourceArg("cat", c.Args().Slice()); err != nil {
@@ -65,7 +67,7 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			out := output{path: outPath}
+			out := ofl.output(outPath, nil)
 			if off == 0 && n == size && img.CanVerify() {
 				out.verify = img.Verify
 			}

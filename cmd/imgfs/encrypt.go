@@ -80,6 +80,7 @@ func encryptCommand() *cli.Command {
 		ef      encryptFlags
 		key     keyFlags
 		outPath string
+		ofl     outputFlags
 	)
 	return &cli.Command{
 		Name:  "encrypt",
@@ -92,7 +93,8 @@ func encryptCommand() *cli.Command {
 		ArgsUsage: "INPUT",
 		Flags: append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
 			key.flags()[:2]...), // --passphrase-file, --key-file
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically; - = stdout)"}),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place) or - (stdout)"},
+			ofl.flags()[0], ofl.flags()[1]),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("encrypt: want INPUT")
@@ -128,7 +130,7 @@ func encryptCommand() *cli.Command {
 				return fmt.Errorf("key: %w", err)
 			}
 			defer keyring.Zero(pass)
-			_, err = x.encrypt(c.Context, spec, outPath, pass)
+			_, err = x.encrypt(c.Context, spec, ofl.output(outPath, nil), pass)
 			return err
 		},
 	}
@@ -136,7 +138,7 @@ func encryptCommand() *cli.Command {
 
 // encrypt writes INPUT spec encrypted with pass to outPath and returns the
 // plaintext's virtual size.
-func (x encryption) encrypt(ctx context.Context, spec, outPath string, pass []byte) (size int64, err error) {
+func (x encryption) encrypt(ctx context.Context, spec string, out output, pass []byte) (size int64, err error) {
 	img, err := imgfs.Open(ctx, spec, x.input)
 	if errors.Is(err, luksio.ErrKeyRequired) {
 		return 0, fmt.Errorf("%s: the image is already encrypted; use `imgfs export --to luks` for a raw LUKS copy", spec)
@@ -149,7 +151,7 @@ func (x encryption) encrypt(ctx context.Context, spec, outPath string, pass []by
 	defer stop()
 	prog := startProgress(x.progress, "encrypt "+filepath.Base(spec), img.Disk.Size(), os.Stderr)
 	defer func() { prog.Finish(err) }()
-	out := output{path: outPath, prog: prog}
+	out.prog = prog
 	if x.format == encryptQcow2LUKS {
 		area, key, err := luksio.NewLUKS1(pass, x.luks)
 		if err != nil {

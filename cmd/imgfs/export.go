@@ -25,6 +25,7 @@ func exportCommand() *cli.Command {
 		nl          newLUKSFlags
 		to, outPath string
 		pf          progressFlags
+		ofl         outputFlags
 	)
 	return &cli.Command{
 		Name:  "export",
@@ -39,8 +40,8 @@ func exportCommand() *cli.Command {
 		Flags: append(append(of.flags(),
 			&cli.StringFlag{Name: "to", Destination: &to, Usage: "target format: luks, raw or qcow2 (qcow2+LUKS with the same keyslots for an encrypted SOURCE)"},
 			nl.flags()[0], // --cluster-size
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically; - = stdout)"},
-		), pf.flags()...),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place) or - (stdout)"},
+		), append(pf.flags(), ofl.flags()...)...),
 		Action: func(c *cli.Context) (err error) {
 			if err := sourceArg("export", c.Args().Slice()); err != nil {
 				return err
@@ -100,7 +101,7 @@ func exportCommand() *cli.Command {
 			}
 			prog := startProgress(mode, "export "+filepath.Base(spec), d.Size(), os.Stderr)
 			defer func() { prog.Finish(err) }()
-			out := output{path: outPath, prog: prog}
+			out := ofl.output(outPath, prog)
 			if img.CanVerify() {
 				out.verify = img.Verify
 			}

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/target"
@@ -34,46 +34,38 @@ type output struct {
 	// verify, if set, runs once the whole device is written and before
 	// a file output is renamed into place: a mismatch leaves no file.
 	verify func(context.Context) error
+	// targetIsZero skips holes on a block device (--target-is-zero);
+	// readBack reads the target back and compares it (--verify).
+	targetIsZero, readBack bool
 }
 
-// write streams d to the output. A regular file (or a new path) is written
-// sparsely under a temporary name, mode 0600, and renamed when complete
-// and verified; stdout and other existing files (a pipe, /dev/null) are
-// written in order.
+// outputFlags are the flags of a command that writes a device to -o.
+type outputFlags struct {
+	targetIsZero, verify bool
+}
+
+func (f *outputFlags) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "target-is-zero", Destination: &f.targetIsZero, Usage: "the block device or RBD image already reads as zeros: skip holes and zero runs instead of writing zeros"},
+		&cli.BoolFlag{Name: "verify", Destination: &f.verify, Usage: "read the written file, device or RBD image back and compare its SHA-256 with what was streamed"},
+	}
+}
+
+// output returns the output for path with these flags.
+func (f *outputFlags) output(path string, prog *progress) output {
+	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify}
+}
+
+// write streams d to the output (target.Write): a regular file (or a new
+// path) sparsely under a temporary name, mode 0600, renamed when complete
+// and verified; a block device in place; stdout, a pipe or /dev/null in
+// order.
 func (o output) write(ctx context.Context, d blockdev.Device) (st target.Stats, err error) {
-	defer func() {
-		if errors.Is(err, context.Canceled) && o.path != "" && o.path != "-" {
-			err = fmt.Errorf("interrupted, %s not written: %w", o.path, err)
-		}
-	}()
-	finish := func(ctx context.Context) error {
-		if o.verify == nil {
-			return nil
-		}
-		return o.verify(ctx)
-	}
-	stream := func(f *os.File, sparse bool) error {
-		var err error
-		if st, err = target.Stream(ctx, f, d, sparse, o.prog.Add); err != nil {
-			return err
-		}
-		return finish(ctx)
-	}
-	if o.path == "" || o.path == "-" {
-		return st, stream(os.Stdout, false)
-	}
-	if fi, err := os.Stat(o.path); err == nil && !fi.Mode().IsRegular() {
-		f, err := os.OpenFile(o.path, os.O_WRONLY, 0)
-		if err != nil {
-			return st, err
-		}
-		defer f.Close()
-		if err := stream(f, false); err != nil {
-			return st, err
-		}
-		return st, f.Close()
-	}
-	return st, target.WriteFile(o.path, func(f *os.File) error { return stream(f, true) })
+	return target.Write(ctx, o.path, d, o.options())
+}
+
+func (o output) options() target.Options {
+	return target.Options{Progress: o.prog.Add, TargetIsZero: o.targetIsZero, Verify: o.readBack, Check: o.verify}
 }
 
 // writeQcow2 writes the plaintext disk d as a qcow2 image (encrypted when
@@ -81,6 +73,14 @@ func (o output) write(ctx context.Context, d blockdev.Device) (st target.Stats, 
 func (o output) writeQcow2(ctx context.Context, d blockdev.Device, wopts qcowio.WriteOptions) error {
 	if o.path == "" || o.path == "-" {
 		return usageError("qcow2 output is written with seeks: use -o FILE, not stdout")
+	}
+	if kind, err := target.Classify(o.path); err != nil {
+		return err
+	} else if kind != target.KindFile {
+		return usageError("qcow2 output is written with seeks into a new file: -o %s is not a regular file", o.path)
+	}
+	if o.readBack || o.targetIsZero {
+		return usageError("--verify and --target-is-zero apply to raw and LUKS output, not qcow2")
 	}
 	wopts.Progress = o.prog.Add
 	return target.WriteFile(o.path, func(f *os.File) error {
