@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -262,5 +263,131 @@ func TestExportIntoDeviceSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(all, "interrupted after ") || strings.Contains(all, "interrupted after 0 of") || !strings.Contains(all, fmt.Sprintf(" of %d bytes", len(plain))) {
 		t.Fatalf("SIGTERM: no progress in the message:\n%s", all)
+	}
+}
+
+// luksDumpSlots counts the enabled keyslots cryptsetup sees.
+func luksDumpSlots(t *testing.T, dev string) int {
+	t.Helper()
+	return strings.Count(string(testimg.Run(t, "cryptsetup", "luksDump", dev)), ": ENABLED")
+}
+
+// opens reports whether cryptsetup accepts pass for dev.
+func opens(dev, pass string) bool {
+	cmd := exec.Command("cryptsetup", "luksOpen", "--test-passphrase", "--key-file", "-", dev)
+	cmd.Stdin = strings.NewReader(pass)
+	return cmd.Run() == nil
+}
+
+// export --to luks with a new passphrase writes a volume that cryptsetup
+// and qemu-img open with the new passphrase, with the old one only when
+// --keep-old-keyslots kept it, with the same volume key and plaintext and
+// one keyslot when the old ones were removed; for a raw LUKS source
+// (copied as stored, header re-wrapped) and for qcow2+LUKS. A LUKS2
+// source is refused before writing.
+func TestExportNewKeyIntoLoopDevice(t *testing.T) {
+	testimg.Need(t, "cryptsetup", "qemu-img")
+	dir := t.TempDir()
+	const newPass = "a passphrase of the volume's own"
+	pf, npf := passFile(t, dir, testPass), testimg.PassFile(t, newPass)
+	plain := testimg.RandomBytes(5<<20, 171)
+	rawLUKS := luks1Image(t, dir, plain, testPass, "")
+	qcowLUKS, plainQcow := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
+		Size: 16 << 20, Options: "cluster_size=65536", Passphrase: testPass, Passes: exportWrites(65536),
+	})
+	oldKey, _ := testimg.CryptsetupVolumeKey(t, rawLUKS, testPass)
+	for _, src := range []struct {
+		name, path string
+		plain      []byte
+		size       int64
+	}{{"rawLUKS", rawLUKS, plain, fileSize(t, rawLUKS)}, {"qcow2LUKS", qcowLUKS, plainQcow, 2<<20 + int64(len(plainQcow))}} {
+		for _, keep := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s-keep=%v", src.name, keep), func(t *testing.T) {
+				dev := loopDevice(t, src.size)
+				args := []string{"export", "--to", "luks", "--passphrase-file", pf, "--new-passphrase-file", npf, "--new-pbkdf-iterations", "1000", "--verify", "-o", dev, src.path}
+				if keep {
+					args = append(args, "--keep-old-keyslots")
+				}
+				mustImgfs(t, nil, args...)
+				if !opens(dev, newPass) {
+					t.Fatal("cryptsetup does not open the volume with the new passphrase")
+				}
+				if opens(dev, testPass) != keep {
+					t.Fatalf("keep=%v: cryptsetup opens with the old passphrase: %v", keep, !keep)
+				}
+				if n, want := luksDumpSlots(t, dev), map[bool]int{false: 1, true: 2}[keep]; n != want {
+					t.Fatalf("luksDump shows %d keyslots, want %d", n, want)
+				}
+				if src.name == "rawLUKS" {
+					if key, _ := testimg.CryptsetupVolumeKey(t, dev, newPass); !bytes.Equal(key, oldKey) {
+						t.Fatal("the volume key changed: the payload would need re-encryption")
+					}
+					// The payload is the stored one, byte for byte.
+					pay := int64(2 << 20)
+					if got, want := readDevice(t, dev, src.size)[pay:], readFile(t, rawLUKS)[pay:]; !bytes.Equal(got, want) {
+						t.Fatal("the payload was not copied as stored")
+					}
+				}
+				if got := testimg.QemuLUKSDecrypt(t, dev, newPass); !bytes.Equal(got[:len(src.plain)], src.plain) {
+					t.Fatal("qemu-img with the new passphrase reads another plaintext")
+				}
+				_, err := testimg.RunErr("qemu-img", "compare", "--object", "secret,id=s0,data="+testPass, "--image-opts",
+					"driver=luks,key-secret=s0,file.filename="+dev, "driver=luks,key-secret=s0,file.filename="+dev)
+				if (err == nil) != keep {
+					t.Fatalf("keep=%v: qemu-img with the old passphrase: %v", keep, err)
+				}
+			})
+		}
+	}
+	t.Run("luks2-refused", func(t *testing.T) {
+		l2 := filepath.Join(dir, "luks2.img")
+		testimg.CryptsetupFormat(t, l2, 4<<20, testPass, "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+		dev := loopDevice(t, 4<<20)
+		r := runImgfs(t, nil, "export", "--to", "luks", "--passphrase-file", pf, "--new-passphrase-file", npf, "-o", dev, l2)
+		if r.code != 1 || !strings.Contains(string(r.stderr), "only LUKS1 headers are re-wrapped") {
+			t.Fatalf("LUKS2: exit %d: %s", r.code, r.stderr)
+		}
+		if !allFF(readDevice(t, dev, 4<<20)) {
+			t.Fatal("LUKS2: bytes were written")
+		}
+	})
+}
+
+// --new-key makes a random Barbican secret and prints its id, --new-key-id
+// takes an existing one (passphrase type as-is, symmetric as hex): the
+// exported volume opens with the secret's passphrase only.
+func TestExportNewBarbicanKey(t *testing.T) {
+	tc := needCloud(t)
+	testimg.Need(t, "cryptsetup")
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(3<<20, 172)
+	rawLUKS := luks1Image(t, dir, plain, testPass, "")
+	pf := passFile(t, dir, testPass)
+	size := fileSize(t, rawLUKS)
+
+	dev := loopDevice(t, size)
+	id := strings.TrimSpace(string(mustImgfs(t, nil, "export", "--to", "luks", "--passphrase-file", pf, "--new-key", "--new-pbkdf-iterations", "1000", "-o", dev, rawLUKS)))
+	if len(id) != 36 {
+		t.Fatalf("--new-key printed %q, want a secret id", id)
+	}
+	if got := mustImgfs(t, nil, "cat", "--key-id", id, dev); !bytes.Equal(got[:len(plain)], plain) {
+		t.Fatal("the Barbican secret made by --new-key does not open the volume")
+	}
+	if opens(dev, testPass) {
+		t.Fatal("the old passphrase still opens the volume")
+	}
+
+	sym := testimg.RandomBytes(32, 173)
+	for _, s := range []struct{ typ, pass string }{{"passphrase", "barbican passphrase"}, {"symmetric", hex.EncodeToString(sym)}} {
+		payload := []byte(s.pass)
+		if s.typ == "symmetric" {
+			payload = sym
+		}
+		sid := tc.createSecret(t, s.typ, payload)
+		dev := loopDevice(t, size)
+		mustImgfs(t, nil, "export", "--to", "luks", "--passphrase-file", pf, "--new-key-id", sid, "--new-pbkdf-iterations", "1000", "-o", dev, rawLUKS)
+		if !opens(dev, s.pass) || opens(dev, testPass) {
+			t.Fatalf("%s secret: the volume does not open with the os-brick passphrase only", s.typ)
+		}
 	}
 }
