@@ -22,13 +22,12 @@ func catCommand() *cli.Command {
 		Name:      "cat",
 		Usage:     "write the plaintext disk (or a range of it) to stdout or a file",
 		ArgsUsage: "SOURCE",
-		Flags: append(of.flags(),
+		Flags: append(append(of.flags(),
 			&cli.StringFlag{Name: "offset", Value: "0", Destination: &offset, Usage: "start at byte `N` of the plaintext (suffixes: 4K, 1M, 1MiB, 1MB)"},
 			&cli.StringFlag{Name: "length", Destination: &length, Usage: "write `N` bytes (default: to the end)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) or a block device (in place) instead of stdout"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) a block device (in place) or an RBD image (rbd:POOL/IMAGE) instead of stdout"},
 			&cli.BoolFlag{Name: "stats", Destination: &stats, Usage: "print bytes read and throughput to stderr"},
-			ofl.flags()[0], ofl.flags()[1],
-		),
+		), ofl.flags()...),
 		Action: func(c *cli.Context) error {
 			if err := sourceArg("cat", c.Args().Slice()); err != nil {
 				return err

@@ -91,10 +91,10 @@ func encryptCommand() *cli.Command {
 			"calibrated to --iter-time, payload at 2 MiB. qemu-img and cryptsetup open the result.\n" +
 			"INPUT may be a file, an http(s) URL or a Glance image.",
 		ArgsUsage: "INPUT",
-		Flags: append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
+		Flags: append(append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
 			key.flags()[:2]...), // --passphrase-file, --key-file
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place) or - (stdout)"},
-			ofl.flags()[0], ofl.flags()[1]),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"}),
+			ofl.flags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("encrypt: want INPUT")

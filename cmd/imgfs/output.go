@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/target"
 	"github.com/imgfs/imgfs/qcowio"
 )
@@ -35,25 +37,29 @@ type output struct {
 	// a file output is renamed into place: a mismatch leaves no file.
 	verify func(context.Context) error
 	// targetIsZero skips holes on a block device (--target-is-zero);
-	// readBack reads the target back and compares it (--verify).
-	targetIsZero, readBack bool
+	// readBack reads the target back and compares it (--verify);
+	// existing writes into an RBD image that exists (--existing).
+	targetIsZero, readBack, existing bool
+	ceph                             cephFlags
 }
 
 // outputFlags are the flags of a command that writes a device to -o.
 type outputFlags struct {
-	targetIsZero, verify bool
+	targetIsZero, verify, existing bool
+	ceph                           cephFlags
 }
 
 func (f *outputFlags) flags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.BoolFlag{Name: "target-is-zero", Destination: &f.targetIsZero, Usage: "the block device or RBD image already reads as zeros: skip holes and zero runs instead of writing zeros"},
 		&cli.BoolFlag{Name: "verify", Destination: &f.verify, Usage: "read the written file, device or RBD image back and compare its SHA-256 with what was streamed"},
-	}
+		&cli.BoolFlag{Name: "existing", Destination: &f.existing, Usage: "-o rbd:POOL/IMAGE: write into the existing image (default: create it at the disk's size)"},
+	}, f.ceph.flags()...)
 }
 
 // output returns the output for path with these flags.
 func (f *outputFlags) output(path string, prog *progress) output {
-	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify}
+	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing, ceph: f.ceph}
 }
 
 // write streams d to the output (target.Write): a regular file (or a new
@@ -61,7 +67,34 @@ func (f *outputFlags) output(path string, prog *progress) output {
 // and verified; a block device in place; stdout, a pipe or /dev/null in
 // order.
 func (o output) write(ctx context.Context, d blockdev.Device) (st target.Stats, err error) {
+	if isRBD(o.path) {
+		return o.writeRBD(ctx, d)
+	}
+	if o.existing {
+		return st, usageError("--existing applies to rbd:POOL/IMAGE outputs only")
+	}
 	return target.Write(ctx, o.path, d, o.options())
+}
+
+// isRBD reports whether an output path names an RBD image.
+func isRBD(path string) bool { return strings.HasPrefix(path, "rbd:") }
+
+// writeRBD writes d into the RBD image o.path (rbd.Write).
+func (o output) writeRBD(ctx context.Context, d blockdev.Device) (st target.Stats, err error) {
+	spec, err := rbd.ParseSpec(o.path)
+	if err != nil {
+		return st, usageError("-o: %v", err)
+	}
+	cfg, err := o.ceph.config()
+	if err != nil {
+		return st, err
+	}
+	c, err := rbd.Connect(ctx, cfg)
+	if err != nil {
+		return st, err
+	}
+	defer c.Close()
+	return rbd.Write(ctx, c, spec, d, rbd.WriteOptions{Options: o.options(), Existing: o.existing})
 }
 
 func (o output) options() target.Options {
@@ -73,6 +106,9 @@ func (o output) options() target.Options {
 func (o output) writeQcow2(ctx context.Context, d blockdev.Device, wopts qcowio.WriteOptions) error {
 	if o.path == "" || o.path == "-" {
 		return usageError("qcow2 output is written with seeks: use -o FILE, not stdout")
+	}
+	if isRBD(o.path) {
+		return usageError("qcow2 output is a file: -o %s is an RBD image (use --to luks or --to raw)", o.path)
 	}
 	if kind, err := target.Classify(o.path); err != nil {
 		return err
