@@ -53,8 +53,9 @@ func needCeph(t *testing.T) *testCeph {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.Close()
 		ports[i] = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		l.Close() // ceph.sh checks that the port is free
+
 	}
 	base := 40000 + rand.IntN(200)*100
 	cmd := exec.Command(script, "start", dir)
@@ -132,7 +133,7 @@ func (c *testCeph) used(t *testing.T, image string) int64 {
 
 // RBD targets: export creates the image at the disk's size and leaves the
 // holes unallocated (rbd du), rbd export gives the expected bytes (a
-// sparse 1 GiB qcow2 as raw, a qcow2+LUKS image as raw LUKS equal to the
+// sparse 256 MiB qcow2 as raw, a qcow2+LUKS image as raw LUKS equal to the
 // file export), --existing writes into an image prefilled with 0xFF and
 // zeroes its holes, an existing image without --existing and a read-only
 // key are refused and leave nothing behind.
@@ -158,7 +159,7 @@ func TestExportIntoRBD(t *testing.T) {
 	}
 
 	sparse, _ := testimg.MakeQcow2(t, dir, "sparse.qcow2", testimg.QcowImage{
-		Size: 1 << 30, Passes: [][]testimg.QcowWrite{{{Off: 5 << 20, Len: 1 << 20, Seed: 181}, {Off: 700 << 20, Len: 3<<20 + 4096, Seed: 182}, {Off: 1<<30 - 4096, Len: 4096, Seed: 183}}},
+		Size: 256 << 20, Passes: [][]testimg.QcowWrite{{{Off: 5 << 20, Len: 1 << 20, Seed: 181}, {Off: 200 << 20, Len: 3<<20 + 4096, Seed: 182}, {Off: 256<<20 - 4096, Len: 4096, Seed: 183}}},
 	})
 	want := filepath.Join(dir, "sparse.raw")
 	testimg.QemuImg(t, "convert", "-f", "qcow2", "-O", "raw", sparse, want)
