@@ -2,7 +2,8 @@
 # make bench: imgfs against the tools operators use today, measured side by side in
 # one run on the same generated images. Prints a Markdown table of times, rates, peak
 # RSS and ratios. Knobs: BENCH_SIZE (default 1G), BENCH_DIR (default /dev/shm if it
-# fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1.
+# fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1, BENCH_SKIP_VOLUME=1
+# (tests/bench-volume.sh: qcow2+LUKS onto a loop device, imgfs vs Cinder's way; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${BENCH_SIZE:-1G}
@@ -90,6 +91,9 @@ echo "HTTP first MiB of the 1 TiB image: $(grep -v '^$' "$D/stats" | tr '\n' ' '
 echo "ratio > 1: faster than the base. Every run includes its own key unlock (iter-time=10 images)."
 if [ -z "${BENCH_SKIP_MOUNT:-}" ]; then
   echo; BENCH_SIZE=$SIZE BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-mount.sh
+fi
+if [ -z "${BENCH_SKIP_VOLUME:-}" ]; then
+  echo; BENCH_SIZE=$SIZE BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-volume.sh
 fi
 if command -v openssl > /dev/null; then
   echo; echo "## crypto ceiling (one core)"
