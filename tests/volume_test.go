@@ -391,3 +391,47 @@ func TestExportNewBarbicanKey(t *testing.T) {
 		}
 	}
 }
+
+// A Glance image exports into a loop device: raw LUKS as stored (no key),
+// qcow2+LUKS as raw LUKS with the Barbican key; an image changed in
+// Glance's store behind its back fails the export into a device with the
+// integrity error (the checksum is checked while streaming whatever the
+// target).
+func TestExportGlanceIntoLoopDevice(t *testing.T) {
+	tc := needCloud(t)
+	store := os.Getenv("IMGFS_TEST_CLOUD_DIR")
+	if store == "" {
+		t.Fatal("IMGFS_TEST_CLOUD_DIR not set (tests/with-cloud.sh sets it)")
+	}
+	testimg.Need(t, "cryptsetup", "qemu-img")
+	dir := t.TempDir()
+	secret := tc.createSecret(t, "passphrase", []byte(testPass))
+	props := map[string]string{"os_encrypt_format": "luks", "os_encrypt_key_id": secret}
+
+	plain := testimg.RandomBytes(4<<20, 191)
+	rawLUKS := luks1Image(t, dir, plain, testPass, "")
+	rawID := tc.uploadImage(t, "raw", props, rawLUKS)
+	dev := loopDevice(t, fileSize(t, rawLUKS))
+	mustImgfs(t, nil, "export", "--to", "luks", "--verify", "-o", dev, rawID)
+	if !bytes.Equal(readDevice(t, dev, fileSize(t, rawLUKS)), readFile(t, rawLUKS)) {
+		t.Fatal("raw LUKS from Glance: the device is not the stored image")
+	}
+
+	qcow, plainQcow := testimg.MakeQcow2(t, dir, "enc.qcow2", testimg.QcowImage{
+		Size: 16 << 20, Options: "cluster_size=65536", Passphrase: testPass, Passes: exportWrites(65536),
+	})
+	qID := tc.uploadImage(t, "qcow2", props, qcow)
+	qdev := loopDevice(t, 2<<20+int64(len(plainQcow)))
+	mustImgfs(t, nil, "export", "--to", "luks", "--verify", "-o", qdev, qID)
+	checkLUKSExport(t, qdev, testPass, plainQcow)
+
+	f, err := os.OpenFile(filepath.Join(store, "glance", "images", rawID), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("glance store file: %v", err)
+	}
+	if _, err := f.WriteAt([]byte{0x5a}, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	mustFail(t, runImgfs(t, nil, "export", "--to", "luks", "-o", loopDevice(t, fileSize(t, rawLUKS)), rawID), "integrity check failed")
+}
