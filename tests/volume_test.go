@@ -429,7 +429,11 @@ func TestExportGlanceIntoLoopDevice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("glance store file: %v", err)
 	}
-	if _, err := f.WriteAt([]byte{0x5a}, 3<<20); err != nil {
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{b[0] ^ 0xff}, 3<<20); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
