@@ -137,7 +137,11 @@ func WriteVolume(ctx context.Context, name string, v Volume, d blockdev.Device, 
 	}
 	c.st.Elapsed = time.Since(start)
 	if err != nil {
-		return c.st, fmt.Errorf("%s: %s: %w", name, howFar(ctx, c.st.Written, size, "the target holds a partial image"), err)
+		state := "the target holds a partial image"
+		if c.st.Written == size {
+			state = "the target holds every byte, but they are not to be trusted"
+		}
+		return c.st, fmt.Errorf("%s: %s: %w", name, howFar(ctx, c.st.Written, size, state), err)
 	}
 	return c.st, nil
 }

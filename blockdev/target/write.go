@@ -65,7 +65,7 @@ func Classify(path string) (Kind, error) {
 
 func isDevNull(fi fs.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && uint64(st.Rdev) == devNull //nolint:unconvert // Rdev is uint32 on some platforms
+	return ok && uint64(st.Rdev) == devNull // Rdev is uint32 on some platforms
 }
 
 func kindName(m fs.FileMode) string {
