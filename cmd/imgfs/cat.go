@@ -27,7 +27,7 @@ func catCommand() *cli.Command {
 			&cli.StringFlag{Name: "length", Destination: &length, Usage: "write `N` bytes (default: to the end)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) a block device (in place) or an RBD image (rbd:POOL/IMAGE) instead of stdout"},
 			&cli.BoolFlag{Name: "stats", Destination: &stats, Usage: "print bytes read and throughput to stderr"},
-		), ofl.flags()...),
+		), append(ofl.flags(), ofl.ceph.flags()...)...),
 		Action: func(c *cli.Context) error {
 			if err := sourceArg("cat", c.Args().Slice()); err != nil {
 				return err
@@ -66,7 +66,10 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			out := ofl.output(outPath, nil)
+			out, err := ofl.output(outPath, nil)
+			if err != nil {
+				return err
+			}
 			if off == 0 && n == size && img.CanVerify() {
 				out.verify = img.Verify
 			}

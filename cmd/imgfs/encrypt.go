@@ -94,7 +94,7 @@ func encryptCommand() *cli.Command {
 		Flags: append(append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
 			key.flags()[:2]...), // --passphrase-file, --key-file
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"}),
-			ofl.flags()...),
+			append(ofl.flags(), ofl.ceph.flags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("encrypt: want INPUT")
@@ -130,7 +130,11 @@ func encryptCommand() *cli.Command {
 				return fmt.Errorf("key: %w", err)
 			}
 			defer keyring.Zero(pass)
-			_, err = x.encrypt(c.Context, spec, ofl.output(outPath, nil), pass)
+			out, err := ofl.output(outPath, nil)
+			if err != nil {
+				return err
+			}
+			_, err = x.encrypt(c.Context, spec, out, pass)
 			return err
 		},
 	}

@@ -42,7 +42,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "to", Destination: &to, Usage: "target format: luks, raw or qcow2 (qcow2+LUKS with the same keyslots for an encrypted SOURCE)"},
 			nl.flags()[0], // --cluster-size
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"},
-		), append(append(pf.flags(), ofl.flags()...), nk.flags()...)...),
+		), append(append(append(pf.flags(), ofl.flags()...), ofl.ceph.flags()...), nk.flags()...)...),
 		Action: func(c *cli.Context) (err error) {
 			if err := sourceArg("export", c.Args().Slice()); err != nil {
 				return err
@@ -138,7 +138,10 @@ func exportCommand() *cli.Command {
 			}
 			prog := startProgress(mode, "export "+filepath.Base(spec), d.Size(), os.Stderr)
 			defer func() { prog.Finish(err) }()
-			out := ofl.output(outPath, prog)
+			out, err := ofl.output(outPath, prog)
+			if err != nil {
+				return err
+			}
 			if img.CanVerify() {
 				out.verify = img.Verify
 			}

@@ -40,26 +40,33 @@ type output struct {
 	// readBack reads the target back and compares it (--verify);
 	// existing writes into an RBD image that exists (--existing).
 	targetIsZero, readBack, existing bool
-	ceph                             cephFlags
+	// ceph reaches the cluster of an rbd:POOL/IMAGE output.
+	ceph rbd.Config
 }
 
-// outputFlags are the flags of a command that writes a device to -o.
+// outputFlags are the flags of a command that writes a device to -o. The
+// Ceph flags (ceph) are listed by the command itself (ceph.flags()), so
+// that a command whose source flags already have them shares them.
 type outputFlags struct {
 	targetIsZero, verify, existing bool
 	ceph                           cephFlags
 }
 
 func (f *outputFlags) flags() []cli.Flag {
-	return append([]cli.Flag{
+	return []cli.Flag{
 		&cli.BoolFlag{Name: "target-is-zero", Destination: &f.targetIsZero, Usage: "the block device or RBD image already reads as zeros: skip holes and zero runs instead of writing zeros"},
 		&cli.BoolFlag{Name: "verify", Destination: &f.verify, Usage: "read the written file, device or RBD image back and compare its SHA-256 with what was streamed"},
 		&cli.BoolFlag{Name: "existing", Destination: &f.existing, Usage: "-o rbd:POOL/IMAGE: write into the existing image (default: create it at the disk's size)"},
-	}, f.ceph.flags()...)
+	}
 }
 
 // output returns the output for path with these flags.
-func (f *outputFlags) output(path string, prog *progress) output {
-	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing, ceph: f.ceph}
+func (f *outputFlags) output(path string, prog *progress) (output, error) {
+	cfg, err := f.ceph.config()
+	if err != nil {
+		return output{}, err
+	}
+	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing, ceph: cfg}, nil
 }
 
 // write streams d to the output (target.Write): a regular file (or a new
@@ -85,11 +92,7 @@ func (o output) writeRBD(ctx context.Context, d blockdev.Device) (st target.Stat
 	if err != nil {
 		return st, usageError("-o: %v", err)
 	}
-	cfg, err := o.ceph.config()
-	if err != nil {
-		return st, err
-	}
-	c, err := rbd.Connect(ctx, cfg)
+	c, err := rbd.Connect(ctx, o.ceph)
 	if err != nil {
 		return st, err
 	}
