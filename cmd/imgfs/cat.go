@@ -66,8 +66,8 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			out, err := ofl.output(outPath, nil)
-			if err != nil {
+			out := ofl.output(outPath, nil)
+			if out.ceph, err = ofl.ceph.config(); err != nil {
 				return err
 			}
 			if off == 0 && n == size && img.CanVerify() {

@@ -130,8 +130,8 @@ func encryptCommand() *cli.Command {
 				return fmt.Errorf("key: %w", err)
 			}
 			defer keyring.Zero(pass)
-			out, err := ofl.output(outPath, nil)
-			if err != nil {
+			out := ofl.output(outPath, nil)
+			if out.ceph, err = ofl.ceph.config(); err != nil {
 				return err
 			}
 			_, err = x.encrypt(c.Context, spec, out, pass)

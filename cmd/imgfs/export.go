@@ -138,8 +138,8 @@ func exportCommand() *cli.Command {
 			}
 			prog := startProgress(mode, "export "+filepath.Base(spec), d.Size(), os.Stderr)
 			defer func() { prog.Finish(err) }()
-			out, err := ofl.output(outPath, prog)
-			if err != nil {
+			out := ofl.output(outPath, prog)
+			if out.ceph, err = ofl.ceph.config(); err != nil {
 				return err
 			}
 			if img.CanVerify() {

@@ -60,13 +60,10 @@ func (f *outputFlags) flags() []cli.Flag {
 	}
 }
 
-// output returns the output for path with these flags.
-func (f *outputFlags) output(path string, prog *progress) (output, error) {
-	cfg, err := f.ceph.config()
-	if err != nil {
-		return output{}, err
-	}
-	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing, ceph: cfg}, nil
+// output returns the output for path with these flags; the caller sets
+// its ceph config (from ceph.config(), or from the source's Ceph flags).
+func (f *outputFlags) output(path string, prog *progress) output {
+	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing}
 }
 
 // write streams d to the output (target.Write): a regular file (or a new
