@@ -19,19 +19,19 @@ import (
 	"github.com/imgfs/imgfs/tests/testimg"
 )
 
-// testCeph is a Ceph cluster for RBD targets: the one the environment
+// targetCeph is a Ceph cluster for RBD targets: the one the environment
 // names (CEPHL_DIR and CEPH_CONF as `tests/cloud/ceph.sh start` prints
 // them), or one started for the test in a temporary directory on free
 // ports and stopped when it ends. Without the Ceph packages the test
 // skips loudly (fails in CI).
-type testCeph struct {
+type targetCeph struct {
 	conf, pool, user, roUser string
 }
 
-func needCeph(t *testing.T) *testCeph {
+func needTargetCeph(t *testing.T) *targetCeph {
 	t.Helper()
 	if os.Getenv("CEPHL_DIR") != "" && os.Getenv("CEPH_CONF") != "" {
-		return &testCeph{conf: os.Getenv("CEPH_CONF"), pool: os.Getenv("CEPHL_POOL"), user: os.Getenv("CEPHL_USER"), roUser: os.Getenv("CEPHL_RO_USER")}
+		return &targetCeph{conf: os.Getenv("CEPH_CONF"), pool: os.Getenv("CEPHL_POOL"), user: os.Getenv("CEPHL_USER"), roUser: os.Getenv("CEPHL_RO_USER")}
 	}
 	script, err := filepath.Abs("cloud/ceph.sh")
 	if err != nil {
@@ -79,11 +79,11 @@ func needCeph(t *testing.T) *testCeph {
 			env[k] = strings.Trim(v, "'")
 		}
 	}
-	return &testCeph{conf: env["CEPH_CONF"], pool: env["CEPHL_POOL"], user: env["CEPHL_USER"], roUser: env["CEPHL_RO_USER"]}
+	return &targetCeph{conf: env["CEPH_CONF"], pool: env["CEPHL_POOL"], user: env["CEPHL_USER"], roUser: env["CEPHL_RO_USER"]}
 }
 
 // rbd runs the rbd CLI as client.admin.
-func (c *testCeph) rbd(t *testing.T, args ...string) []byte {
+func (c *targetCeph) rbd(t *testing.T, args ...string) []byte {
 	t.Helper()
 	out, err := c.rbdErr(args...)
 	if err != nil {
@@ -92,7 +92,7 @@ func (c *testCeph) rbd(t *testing.T, args ...string) []byte {
 	return out
 }
 
-func (c *testCeph) rbdErr(args ...string) ([]byte, error) {
+func (c *targetCeph) rbdErr(args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "rbd", append([]string{"-c", c.conf}, args...)...)
@@ -107,7 +107,7 @@ func (c *testCeph) rbdErr(args ...string) ([]byte, error) {
 }
 
 // export returns the bytes of pool/image (rbd export).
-func (c *testCeph) export(t *testing.T, image string) []byte {
+func (c *targetCeph) export(t *testing.T, image string) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "rbd-export")
 	c.rbd(t, "export", "--no-progress", c.pool+"/"+image, p)
@@ -115,7 +115,7 @@ func (c *testCeph) export(t *testing.T, image string) []byte {
 }
 
 // used returns the bytes `rbd du` says pool/image uses.
-func (c *testCeph) used(t *testing.T, image string) int64 {
+func (c *targetCeph) used(t *testing.T, image string) int64 {
 	t.Helper()
 	out := c.rbd(t, "du", "--format", "json", c.pool+"/"+image)
 	var du struct {
@@ -138,7 +138,7 @@ func (c *testCeph) used(t *testing.T, image string) int64 {
 // zeroes its holes, an existing image without --existing and a read-only
 // key are refused and leave nothing behind.
 func TestExportIntoRBD(t *testing.T) {
-	ceph := needCeph(t)
+	ceph := needTargetCeph(t)
 	testimg.Need(t, "qemu-img")
 	dir := t.TempDir()
 	url := serveDir(t, dir)
