@@ -226,3 +226,39 @@ func TestExportIntoRBD(t *testing.T) {
 		}
 	})
 }
+
+// A Glance image exported into RBD is checked against os_hash_value while
+// it streams: a byte changed in Glance's store behind its back fails the
+// export, and the image created for it is removed again.
+func TestExportGlanceIntoRBDVerified(t *testing.T) {
+	tc := needCloud(t)
+	store := os.Getenv("IMGFS_TEST_CLOUD_DIR")
+	if store == "" {
+		t.Fatal("IMGFS_TEST_CLOUD_DIR not set (tests/with-cloud.sh sets it)")
+	}
+	ceph := needTargetCeph(t)
+	dir := t.TempDir()
+	data := testimg.RandomBytes(6<<20, 193)
+	id := tc.uploadImage(t, "raw", nil, testimg.WriteFile(t, dir, "r", data))
+	im := fmt.Sprintf("imgfs-vol-glance-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { ceph.rbdErr("rm", "--no-progress", ceph.pool+"/"+im) })
+	args := []string{"export", "--to", "raw", "--ceph-conf", ceph.conf, "--ceph-id", ceph.user, "-o", "rbd:" + ceph.pool + "/" + im, id}
+	mustImgfs(t, nil, args...)
+	if !bytes.Equal(ceph.export(t, im), data) {
+		t.Fatal("the RBD image differs from the Glance image")
+	}
+	ceph.rbd(t, "rm", "--no-progress", ceph.pool+"/"+im)
+
+	f, err := os.OpenFile(filepath.Join(store, "glance", "images", id), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("glance store file: %v", err)
+	}
+	if _, err := f.WriteAt([]byte{data[5<<20] ^ 0xff}, 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	mustFail(t, runImgfs(t, nil, args...), "integrity check failed", "was removed")
+	if _, err := ceph.rbdErr("info", ceph.pool+"/"+im); err == nil {
+		t.Fatal("the image of a failed verification was left behind")
+	}
+}
