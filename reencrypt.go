@@ -1,6 +1,7 @@
 package imgfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -55,4 +56,106 @@ func (img *Image) Qcow2Encryption() (qcowio.WriteOptions, error) {
 		return qcowio.WriteOptions{}, fmt.Errorf("LUKS header area: %w", err)
 	}
 	return qcowio.WriteOptions{LUKSArea: buf, Cipher: e.SectorCipher()}, nil
+}
+
+// maxRewrapArea bounds the LUKS header area re-wrapped in memory.
+const maxRewrapArea = 64 << 20
+
+// RawLUKSNewKey is RawLUKS with the volume key wrapped under newPass in a
+// fresh keyslot (luksio.RewrapLUKS1: the other keyslots are removed unless
+// opts.KeepOld), for a volume that gets a key of its own. The payload is
+// not re-encrypted: a raw LUKS image is its stored bytes under the new
+// header area, a qcow2+LUKS image is re-encrypted in memory as RawLUKS
+// does. The image's own key (Options.Key or Barbican) unlocks the header
+// once more to recover the volume key, which is zeroed before this
+// returns. Only LUKS1 headers are re-wrapped; LUKS2 is refused with
+// blockdev.ErrUnsupported. It returns the new keyslot's index.
+func (img *Image) RawLUKSNewKey(ctx context.Context, newPass []byte, opts luksio.RewrapOptions) (blockdev.Device, int, error) {
+	if !img.Info.Encrypted {
+		return nil, 0, ErrNotEncryptedView
+	}
+	if h := img.Info.LUKS; h != nil && h.Version != 1 {
+		return nil, 0, fmt.Errorf("a new key for a LUKS%d volume: only LUKS1 headers are re-wrapped (export without a new key, then use cryptsetup luksAddKey/luksKillSlot): %w", h.Version, blockdev.ErrUnsupported)
+	}
+	var area blockdev.Device
+	switch {
+	case img.Info.Format == FormatLUKS && img.Info.LUKS != nil:
+		var err error
+		if area, err = blockdev.NewSection(img.Stored, 0, img.Info.LUKS.PayloadOffset); err != nil {
+			return nil, 0, fmt.Errorf("LUKS header area: %w", err)
+		}
+	case img.enc != nil && img.enc.LUKSArea() != nil && img.enc.SectorCipher() != nil:
+		area = img.enc.LUKSArea()
+	default:
+		return nil, 0, fmt.Errorf("no usable LUKS header (is the image unlocked?): %w", blockdev.ErrCorrupt)
+	}
+	if area.Size() > maxRewrapArea {
+		return nil, 0, fmt.Errorf("LUKS header area of %d bytes exceeds %d: %w", area.Size(), maxRewrapArea, blockdev.ErrUnsupported)
+	}
+	buf := make([]byte, area.Size())
+	if err := blockdev.ReadFull(area, buf, 0); err != nil {
+		return nil, 0, fmt.Errorf("LUKS header area: %w", err)
+	}
+	h, err := luksio.ReadHeader(area, area.Size())
+	if err != nil {
+		return nil, 0, err
+	}
+	if !img.HasKey() {
+		return nil, 0, fmt.Errorf("a new key needs the image's current key: %w", luksio.ErrKeyRequired)
+	}
+	key, err := unlockLUKS(ctx, area, h, img.opts)
+	if err != nil {
+		return nil, 0, err
+	}
+	newArea, slot, err := luksio.RewrapLUKS1(buf, key, newPass, opts)
+	key.Close()
+	if err != nil {
+		return nil, 0, err
+	}
+	if img.Info.Format == FormatLUKS {
+		return &headOverlay{head: newArea, dev: img.Stored}, slot, nil
+	}
+	v, err := luksio.NewRawView(img.Disk, bytesDevice(newArea), img.enc.SectorCipher())
+	return v, slot, err
+}
+
+// headOverlay is dev with its first len(head) bytes replaced by head.
+type headOverlay struct {
+	head []byte
+	dev  blockdev.Device
+}
+
+// Size returns the size of dev.
+func (o *headOverlay) Size() int64 { return o.dev.Size() }
+
+// ReadAt reads head where it covers p and dev elsewhere.
+func (o *headOverlay) ReadAt(p []byte, off int64) (int, error) {
+	n, eof := blockdev.Clip(p, off, o.dev.Size())
+	if n == 0 {
+		return 0, eof
+	}
+	p = p[:n]
+	done := 0
+	if off < int64(len(o.head)) {
+		done = copy(p, o.head[off:])
+	}
+	if done < n {
+		if err := blockdev.ReadFull(o.dev, p[done:], off+int64(done)); err != nil {
+			return 0, err
+		}
+	}
+	return n, eof
+}
+
+// bytesDevice is a Device over a byte slice.
+type bytesDevice []byte
+
+func (b bytesDevice) Size() int64 { return int64(len(b)) }
+func (b bytesDevice) ReadAt(p []byte, off int64) (int, error) {
+	n, eof := blockdev.Clip(p, off, int64(len(b)))
+	if n == 0 {
+		return 0, eof
+	}
+	copy(p[:n], b[off:])
+	return n, eof
 }

@@ -183,29 +183,7 @@ func NewLUKS1(passphrase []byte, opts FormatOptions) (area []byte, key *Key, err
 
 	// Keyslot 0: PBKDF2(passphrase) keys the volume cipher that encrypts the
 	// AF-split volume key, IVs counted from the start of the key material.
-	s := area[luks1KeyslotOffset:][:luks1KeyslotSize]
-	salt, err := random(luks1SaltSize)
-	if err != nil {
-		return nil, nil, err
-	}
-	be.PutUint32(s, luks1KeyEnabled)
-	be.PutUint32(s[luks1SlotOffIterations:], iter)
-	copy(s[luks1SlotOffSalt:], salt)
-	material := area[firstSlot*luks1SectorSize:][:splitSectors*luks1SectorSize]
-	if err := afSplit(material[:o.KeyBytes*luks1Stripes], vk, luks1Stripes, newHash, o.Rand); err != nil {
-		return nil, nil, fmt.Errorf("luks1 format: %w", err)
-	}
-	slotKey := pbkdf2Key(newHash, passphrase, salt, int(iter), o.KeyBytes)
-	c, err := NewSectorCipher(o.Cipher, slotKey, luks1SectorSize)
-	clear(slotKey)
-	if err != nil {
-		clear(material)
-		return nil, nil, fmt.Errorf("luks1 format: %w", err)
-	}
-	err = c.EncryptSectors(material, material, 0)
-	c.Close()
-	if err != nil {
-		clear(material)
+	if err := fillLUKS1Keyslot(area, 0, vk, passphrase, o.Hash, o.Cipher, iter, o.Rand); err != nil {
 		return nil, nil, fmt.Errorf("luks1 format: %w", err)
 	}
 	return area, &Key{key: vk, slot: 0, spec: o.Cipher, sectorSize: luks1SectorSize}, nil
@@ -231,6 +209,52 @@ func NewLUKS1View(plain blockdev.Device, passphrase []byte, opts FormatOptions) 
 		return nil, err
 	}
 	return v, nil
+}
+
+// fillLUKS1Keyslot enables keyslot i of the LUKS1 header area and wraps
+// the volume key vk in it under passphrase: a fresh salt, iter PBKDF2
+// iterations of hashName, and the AF split of vk (the slot's stripe count)
+// encrypted with cipherSpec at the slot's key material offset, IVs counted
+// from the start of the material. On an error the material is zeroed.
+func fillLUKS1Keyslot(area []byte, i int, vk, passphrase []byte, hashName, cipherSpec string, iter uint32, rnd io.Reader) error {
+	be := binary.BigEndian
+	newHash, err := hashByName(hashName)
+	if err != nil {
+		return err
+	}
+	s := area[luks1KeyslotOffset+i*luks1KeyslotSize:][:luks1KeyslotSize]
+	stripes := int64(be.Uint32(s[luks1SlotOffStripes:]))
+	off := int64(be.Uint32(s[luks1SlotOffKeyMat:])) * luks1SectorSize
+	n := roundUp(int64(len(vk))*stripes, luks1SectorSize)
+	if stripes < 1 || stripes > luks1MaxStripes || off < luks1PhdrSize || off+n > int64(len(area)) {
+		return corruptf("keyslot %d: %d stripes of key material at %d do not fit the %d-byte header area", i, stripes, off, len(area))
+	}
+	salt := s[luks1SlotOffSalt : luks1SlotOffSalt+luks1SaltSize]
+	if _, err := io.ReadFull(rnd, salt); err != nil {
+		return fmt.Errorf("random salt: %w", err)
+	}
+	material := area[off : off+n]
+	clear(material)
+	if err := afSplit(material[:int64(len(vk))*stripes], vk, int(stripes), newHash, rnd); err != nil {
+		clear(material)
+		return err
+	}
+	slotKey := pbkdf2Key(newHash, passphrase, salt, int(iter), len(vk))
+	c, err := NewSectorCipher(cipherSpec, slotKey, luks1SectorSize)
+	clear(slotKey)
+	if err != nil {
+		clear(material)
+		return err
+	}
+	err = c.EncryptSectors(material, material, 0)
+	c.Close()
+	if err != nil {
+		clear(material)
+		return err
+	}
+	be.PutUint32(s, luks1KeyEnabled)
+	be.PutUint32(s[luks1SlotOffIterations:], iter)
+	return nil
 }
 
 // afSplit is the LUKS anti-forensic split (cryptsetup lib/luks1/af.c):

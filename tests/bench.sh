@@ -5,7 +5,8 @@
 # fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1, BENCH_SKIP_GLANCE=1
 # (tests/bench-glance.sh: the loopback Glance, directly and at 5/20 ms RTT;
 # BENCH_GLANCE_SIZE, default 512M), BENCH_SKIP_RBD=1 (tests/bench-rbd.sh: Glance's rbd
-# store on a local Ceph, direct reads vs the tools).
+# store on a local Ceph, direct reads vs the tools), BENCH_SKIP_VOLUME=1
+# (tests/bench-volume.sh: qcow2+LUKS onto a loop device, imgfs vs Cinder's way; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${BENCH_SIZE:-1G}
@@ -99,6 +100,9 @@ if [ -z "${BENCH_SKIP_GLANCE:-}" ]; then
 fi
 if [ -z "${BENCH_SKIP_RBD:-}" ]; then
   echo; BENCH_RBD_SIZE=$SIZE tests/bench-rbd.sh
+fi
+if [ -z "${BENCH_SKIP_VOLUME:-}" ]; then
+  echo; BENCH_SIZE=$SIZE BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-volume.sh
 fi
 if command -v openssl > /dev/null; then
   echo; echo "## crypto ceiling (one core)"

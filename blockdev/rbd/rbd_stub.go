@@ -61,3 +61,29 @@ func (im *Image) ReadVecAt(bufs [][]byte, off int64) error {
 
 // Close does nothing in this build.
 func (im *Image) Close() error { return nil }
+
+// CreateImage fails with ErrNoCeph in this build.
+func (c *Cluster) CreateImage(pool, image string, size int64) error {
+	return fmt.Errorf("rbd: create %s: %w", Spec{Pool: pool, Image: image}.path(), ErrNoCeph)
+}
+
+// RemoveImage fails with ErrNoCeph in this build.
+func (c *Cluster) RemoveImage(pool, image string) error {
+	return fmt.Errorf("rbd: remove %s: %w", Spec{Pool: pool, Image: image}.path(), ErrNoCeph)
+}
+
+// OpenImageWritable fails with ErrNoCeph in this build.
+func (c *Cluster) OpenImageWritable(pool, image string) (*Image, error) {
+	return nil, fmt.Errorf("rbd: open %s: %w", Spec{Pool: pool, Image: image}.path(), ErrNoCeph)
+}
+
+// WriteAt fails with ErrNoCeph in this build.
+func (im *Image) WriteAt(p []byte, off int64) (int, error) {
+	return 0, fmt.Errorf("rbd: write: %w", ErrNoCeph)
+}
+
+// Zero fails with ErrNoCeph in this build.
+func (im *Image) Zero(off, n int64) error { return fmt.Errorf("rbd: zero: %w", ErrNoCeph) }
+
+// Flush fails with ErrNoCeph in this build.
+func (im *Image) Flush() error { return fmt.Errorf("rbd: flush: %w", ErrNoCeph) }

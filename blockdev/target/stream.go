@@ -40,39 +40,7 @@ func (s Stats) Rate() float64 {
 // map, or all-zero chunks) are skipped and the file is truncated to d's
 // size. progress, if not nil, is told of every byte done.
 func Stream(ctx context.Context, out *os.File, d blockdev.Device, sparse bool, progress func(int64)) (Stats, error) {
-	start := time.Now()
-	var st Stats
-	var zeros []byte
-	err := blockdev.ReadOrdered(ctx, d, blockdev.OrderedOptions{ChunkSize: Chunk, ZeroIsHole: sparse},
-		func(off int64, n int, data []byte) error {
-			var err error
-			switch {
-			case data == nil && sparse:
-				st.Holes += int64(n)
-			case data == nil:
-				if zeros == nil {
-					zeros = make([]byte, Chunk)
-				}
-				_, err = out.Write(zeros[:n])
-			case sparse:
-				_, err = out.WriteAt(data, off)
-			default:
-				_, err = out.Write(data)
-			}
-			if err != nil {
-				return err
-			}
-			if progress != nil {
-				progress(int64(n))
-			}
-			st.Written += int64(n)
-			return nil
-		})
-	if err == nil && sparse {
-		err = out.Truncate(d.Size())
-	}
-	st.Elapsed = time.Since(start)
-	return st, err
+	return copyStream(ctx, out, d, sparse, Options{Progress: progress})
 }
 
 // WriteFile creates a temporary file (mode 0600) beside path, lets fill

@@ -16,17 +16,18 @@ func catCommand() *cli.Command {
 		of                      openFlags
 		offset, length, outPath string
 		stats                   bool
+		ofl                     outputFlags
 	)
 	return &cli.Command{
 		Name:      "cat",
 		Usage:     "write the plaintext disk (or a range of it) to stdout or a file",
 		ArgsUsage: "SOURCE",
-		Flags: append(of.flags(),
+		Flags: append(append(of.flags(),
 			&cli.StringFlag{Name: "offset", Value: "0", Destination: &offset, Usage: "start at byte `N` of the plaintext (suffixes: 4K, 1M, 1MiB, 1MB)"},
 			&cli.StringFlag{Name: "length", Destination: &length, Usage: "write `N` bytes (default: to the end)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) instead of stdout"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (holes stay sparse; created as 0600 and renamed into place when complete and verified) a block device (in place) or an RBD image (rbd:POOL/IMAGE) instead of stdout"},
 			&cli.BoolFlag{Name: "stats", Destination: &stats, Usage: "print bytes read and throughput to stderr"},
-		),
+		), ofl.flags()...), // --ceph-* come with the source flags and serve an rbd: output too
 		Action: func(c *cli.Context) error {
 			if err := sourceArg("cat", c.Args().Slice()); err != nil {
 				return err
@@ -65,7 +66,8 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			out := output{path: outPath}
+			out := ofl.output(outPath, nil)
+			out.ceph = opts.Ceph
 			if off == 0 && n == size && img.CanVerify() {
 				out.verify = img.Verify
 			}

@@ -80,6 +80,7 @@ func encryptCommand() *cli.Command {
 		ef      encryptFlags
 		key     keyFlags
 		outPath string
+		ofl     outputFlags
 	)
 	return &cli.Command{
 		Name:  "encrypt",
@@ -90,9 +91,10 @@ func encryptCommand() *cli.Command {
 			"calibrated to --iter-time, payload at 2 MiB. qemu-img and cryptsetup open the result.\n" +
 			"INPUT may be a file, an http(s) URL or a Glance image.",
 		ArgsUsage: "INPUT",
-		Flags: append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
+		Flags: append(append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
 			key.flags()[:2]...), // --passphrase-file, --key-file
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically; - = stdout)"}),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"}),
+			append(ofl.flags(), ofl.ceph.flags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("encrypt: want INPUT")
@@ -128,7 +130,11 @@ func encryptCommand() *cli.Command {
 				return fmt.Errorf("key: %w", err)
 			}
 			defer keyring.Zero(pass)
-			_, err = x.encrypt(c.Context, spec, outPath, pass)
+			out := ofl.output(outPath, nil)
+			if out.ceph, err = ofl.ceph.config(); err != nil {
+				return err
+			}
+			_, err = x.encrypt(c.Context, spec, out, pass)
 			return err
 		},
 	}
@@ -136,7 +142,7 @@ func encryptCommand() *cli.Command {
 
 // encrypt writes INPUT spec encrypted with pass to outPath and returns the
 // plaintext's virtual size.
-func (x encryption) encrypt(ctx context.Context, spec, outPath string, pass []byte) (size int64, err error) {
+func (x encryption) encrypt(ctx context.Context, spec string, out output, pass []byte) (size int64, err error) {
 	img, err := openImage(ctx, spec, x.input)
 	if errors.Is(err, luksio.ErrKeyRequired) {
 		return 0, fmt.Errorf("%s: the image is already encrypted; use `imgfs export --to luks` for a raw LUKS copy", spec)
@@ -149,7 +155,7 @@ func (x encryption) encrypt(ctx context.Context, spec, outPath string, pass []by
 	defer stop()
 	prog := startProgress(x.progress, "encrypt "+filepath.Base(spec), img.Disk.Size(), os.Stderr)
 	defer func() { prog.Finish(err) }()
-	out := output{path: outPath, prog: prog}
+	out.prog = prog
 	if x.format == encryptQcow2LUKS {
 		area, key, err := luksio.NewLUKS1(pass, x.luks)
 		if err != nil {

@@ -25,6 +25,8 @@ func exportCommand() *cli.Command {
 		nl          newLUKSFlags
 		to, outPath string
 		pf          progressFlags
+		ofl         outputFlags
+		nk          newKeyFlags
 	)
 	return &cli.Command{
 		Name:  "export",
@@ -39,8 +41,8 @@ func exportCommand() *cli.Command {
 		Flags: append(append(of.flags(),
 			&cli.StringFlag{Name: "to", Destination: &to, Usage: "target format: luks, raw or qcow2 (qcow2+LUKS with the same keyslots for an encrypted SOURCE)"},
 			nl.flags()[0], // --cluster-size
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically; - = stdout)"},
-		), pf.flags()...),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"},
+		), append(append(pf.flags(), ofl.flags()...), nk.flags()...)...),
 		Action: func(c *cli.Context) (err error) {
 			if err := sourceArg("export", c.Args().Slice()); err != nil {
 				return err
@@ -64,6 +66,12 @@ func exportCommand() *cli.Command {
 			}
 			if err := checkOutput(outPath); err != nil {
 				return err
+			}
+			if err := nk.check(); err != nil {
+				return err
+			}
+			if nk.set() && to != exportLUKS {
+				return usageError("a new key (--new-passphrase-file, --new-key-file, --new-key-id, --new-key) needs --to luks")
 			}
 			// A raw LUKS volume exported to LUKS is its stored bytes: no
 			// key is needed, so the image is opened as stored first.
@@ -94,13 +102,44 @@ func exportCommand() *cli.Command {
 					return err
 				}
 			case exportLUKS:
-				if d, err = img.RawLUKS(); err != nil {
-					return fmt.Errorf("%s: export --to luks: %w", spec, err)
+				if !nk.set() {
+					if d, err = img.RawLUKS(); err != nil {
+						return fmt.Errorf("%s: export --to luks: %w", spec, err)
+					}
+					break
 				}
+				var k *newKey
+				if k, err = nk.passphrase(ctx, of.source.cloud, "imgfs volume "+filepath.Base(outPath)); err != nil {
+					return err
+				}
+				defer k.close()
+				defer func() {
+					if err != nil {
+						k.abandon()
+					}
+				}()
+				var slot int
+				if d, slot, err = img.RawLUKSNewKey(ctx, k.pass, nk.rewrap()); err != nil {
+					return fmt.Errorf("%s: export --to luks with a new key: %w", spec, err)
+				}
+				defer func() {
+					if err != nil {
+						return
+					}
+					if k.created != "" {
+						w := os.Stdout
+						if outPath == "" || outPath == "-" {
+							w = os.Stderr
+						}
+						fmt.Fprintln(w, k.created)
+					}
+					fmt.Fprintf(os.Stderr, "imgfs: the volume key is wrapped under the new key in keyslot %d%s\n", slot, map[bool]string{true: " (old keyslots kept)", false: "; the old keyslots were removed"}[nk.keepOld])
+				}()
 			}
 			prog := startProgress(mode, "export "+filepath.Base(spec), d.Size(), os.Stderr)
 			defer func() { prog.Finish(err) }()
-			out := output{path: outPath, prog: prog}
+			out := ofl.output(outPath, prog)
+			out.ceph = opts.Ceph
 			if img.CanVerify() {
 				out.verify = img.Verify
 			}

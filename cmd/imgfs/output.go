@@ -2,13 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/target"
 	"github.com/imgfs/imgfs/qcowio"
 )
@@ -34,46 +36,69 @@ type output struct {
 	// verify, if set, runs once the whole device is written and before
 	// a file output is renamed into place: a mismatch leaves no file.
 	verify func(context.Context) error
+	// targetIsZero skips holes on a block device (--target-is-zero);
+	// readBack reads the target back and compares it (--verify);
+	// existing writes into an RBD image that exists (--existing).
+	targetIsZero, readBack, existing bool
+	// ceph reaches the cluster of an rbd:POOL/IMAGE output.
+	ceph rbd.Config
 }
 
-// write streams d to the output. A regular file (or a new path) is written
-// sparsely under a temporary name, mode 0600, and renamed when complete
-// and verified; stdout and other existing files (a pipe, /dev/null) are
-// written in order.
+// outputFlags are the flags of a command that writes a device to -o. The
+// Ceph flags (ceph) are listed by the command itself (ceph.flags()), so
+// that a command whose source flags already have them shares them.
+type outputFlags struct {
+	targetIsZero, verify, existing bool
+	ceph                           cephFlags
+}
+
+func (f *outputFlags) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "target-is-zero", Destination: &f.targetIsZero, Usage: "the block device or RBD image already reads as zeros: skip holes and zero runs instead of writing zeros"},
+		&cli.BoolFlag{Name: "verify", Destination: &f.verify, Usage: "read the written file, device or RBD image back and compare its SHA-256 with what was streamed"},
+		&cli.BoolFlag{Name: "existing", Destination: &f.existing, Usage: "-o rbd:POOL/IMAGE: write into the existing image (default: create it at the disk's size)"},
+	}
+}
+
+// output returns the output for path with these flags; the caller sets
+// its ceph config (from ceph.config(), or from the source's Ceph flags).
+func (f *outputFlags) output(path string, prog *progress) output {
+	return output{path: path, prog: prog, targetIsZero: f.targetIsZero, readBack: f.verify, existing: f.existing}
+}
+
+// write streams d to the output (target.Write): a regular file (or a new
+// path) sparsely under a temporary name, mode 0600, renamed when complete
+// and verified; a block device in place; stdout, a pipe or /dev/null in
+// order.
 func (o output) write(ctx context.Context, d blockdev.Device) (st target.Stats, err error) {
-	defer func() {
-		if errors.Is(err, context.Canceled) && o.path != "" && o.path != "-" {
-			err = fmt.Errorf("interrupted, %s not written: %w", o.path, err)
-		}
-	}()
-	finish := func(ctx context.Context) error {
-		if o.verify == nil {
-			return nil
-		}
-		return o.verify(ctx)
+	if isRBD(o.path) {
+		return o.writeRBD(ctx, d)
 	}
-	stream := func(f *os.File, sparse bool) error {
-		var err error
-		if st, err = target.Stream(ctx, f, d, sparse, o.prog.Add); err != nil {
-			return err
-		}
-		return finish(ctx)
+	if o.existing {
+		return st, usageError("--existing applies to rbd:POOL/IMAGE outputs only")
 	}
-	if o.path == "" || o.path == "-" {
-		return st, stream(os.Stdout, false)
+	return target.Write(ctx, o.path, d, o.options())
+}
+
+// isRBD reports whether an output path names an RBD image.
+func isRBD(path string) bool { return strings.HasPrefix(path, "rbd:") }
+
+// writeRBD writes d into the RBD image o.path (rbd.Write).
+func (o output) writeRBD(ctx context.Context, d blockdev.Device) (st target.Stats, err error) {
+	spec, err := rbd.ParseSpec(o.path)
+	if err != nil {
+		return st, usageError("-o: %v", err)
 	}
-	if fi, err := os.Stat(o.path); err == nil && !fi.Mode().IsRegular() {
-		f, err := os.OpenFile(o.path, os.O_WRONLY, 0)
-		if err != nil {
-			return st, err
-		}
-		defer f.Close()
-		if err := stream(f, false); err != nil {
-			return st, err
-		}
-		return st, f.Close()
+	c, err := rbd.Connect(ctx, o.ceph)
+	if err != nil {
+		return st, err
 	}
-	return st, target.WriteFile(o.path, func(f *os.File) error { return stream(f, true) })
+	defer c.Close()
+	return rbd.Write(ctx, c, spec, d, rbd.WriteOptions{Options: o.options(), Existing: o.existing})
+}
+
+func (o output) options() target.Options {
+	return target.Options{Progress: o.prog.Add, TargetIsZero: o.targetIsZero, Verify: o.readBack, Check: o.verify}
 }
 
 // writeQcow2 writes the plaintext disk d as a qcow2 image (encrypted when
@@ -81,6 +106,17 @@ func (o output) write(ctx context.Context, d blockdev.Device) (st target.Stats, 
 func (o output) writeQcow2(ctx context.Context, d blockdev.Device, wopts qcowio.WriteOptions) error {
 	if o.path == "" || o.path == "-" {
 		return usageError("qcow2 output is written with seeks: use -o FILE, not stdout")
+	}
+	if isRBD(o.path) {
+		return usageError("qcow2 output is a file: -o %s is an RBD image (use --to luks or --to raw)", o.path)
+	}
+	if kind, err := target.Classify(o.path); err != nil {
+		return err
+	} else if kind != target.KindFile {
+		return usageError("qcow2 output is written with seeks into a new file: -o %s is not a regular file", o.path)
+	}
+	if o.readBack || o.targetIsZero {
+		return usageError("--verify and --target-is-zero apply to raw and LUKS output, not qcow2")
 	}
 	wopts.Progress = o.prog.Add
 	return target.WriteFile(o.path, func(f *os.File) error {

@@ -124,7 +124,7 @@ func uploadCommand() *cli.Command {
 				return fmt.Errorf("upload: temporary file: %w", err)
 			}
 			defer os.Remove(tmp)
-			size, err := x.encrypt(ctx, spec, tmp, secret.Passphrase)
+			size, err := x.encrypt(ctx, spec, output{path: tmp}, secret.Passphrase)
 			if err != nil {
 				return err
 			}
