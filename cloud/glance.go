@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev/remote"
 
@@ -37,6 +38,10 @@ type GlanceImage struct {
 	ID, Name, DiskFormat, ContainerFormat, Status string
 	Size                                          int64
 	Checksum                                      string // md5
+	// Visibility, Owner, Tags and Created are what Glance lists them as.
+	Visibility, Owner string
+	Tags              []string
+	Created           time.Time
 	// Properties are the image's custom properties (os_encrypt_*, ...).
 	Properties map[string]any
 }
@@ -111,8 +116,14 @@ func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error)
 		}
 		return nil, fmt.Errorf("glance image %s: %s", id, DescribeAPIError(err))
 	}
+	return glanceImage(img), nil
+}
+
+// glanceImage converts gophercloud's image record.
+func glanceImage(img *images.Image) *GlanceImage {
 	return &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
-		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties}, nil
+		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties,
+		Visibility: string(img.Visibility), Owner: img.Owner, Tags: img.Tags, Created: img.CreatedAt}
 }
 
 // GlanceOptions configure OpenGlance.
