@@ -125,6 +125,8 @@ type Server struct {
 	dir    string
 	server *fuse.Server
 	errs   *errorLog
+	// catalog is the state of a catalog mount (nil for one image).
+	catalog *catalog
 }
 
 // Mount mounts the image at dir and starts serving it. It returns once the
@@ -284,7 +286,22 @@ func (s *Server) Dir() string { return s.dir }
 
 // Wait blocks until the file system is unmounted (by Unmount, fusermount3 -u
 // or umount) and the serve loops have ended.
-func (s *Server) Wait() { s.server.Wait() }
+// A catalog mount then closes every image it opened.
+func (s *Server) Wait() {
+	s.server.Wait()
+	if s.catalog != nil {
+		s.catalog.closeAll()
+	}
+}
+
+// CatalogCounters returns a catalog mount's counters (zero for a mount of
+// one image).
+func (s *Server) CatalogCounters() CatalogCounters {
+	if s.catalog == nil {
+		return CatalogCounters{}
+	}
+	return s.catalog.counters()
+}
 
 // Unmount detaches the mount. It fails (EBUSY) while a process still has a
 // file open or its working directory inside the mount.
