@@ -37,6 +37,7 @@ const (
 const (
 	DefaultCatalogTTL = time.Minute
 	DefaultMaxOpen    = 16
+	DefaultBusyWait   = 5 * time.Second
 	// MaxMaxOpen bounds CatalogOptions.MaxOpen.
 	MaxMaxOpen = 1024
 )
@@ -86,8 +87,10 @@ type CatalogOptions struct {
 	// MaxOpen is how many images may be open at once (0 =
 	// DefaultMaxOpen); to open one more, the least recently used image with
 	// no open file is closed. When every open image has open files, the
-	// open fails with EBUSY.
-	MaxOpen int
+	// open waits up to BusyWait (0 = DefaultBusyWait) for one to be
+	// closed, then fails with EBUSY.
+	MaxOpen  int
+	BusyWait time.Duration
 	// IdleTimeout, if positive, closes an image that has had no open file
 	// and no lookup for that long (its keys then leave memory).
 	IdleTimeout time.Duration
@@ -147,7 +150,10 @@ type catalog struct {
 	open    map[*catImage]struct{} // images with an opened image
 	nextIno uint64
 	closed  bool
-	cnt     CatalogCounters
+	// wake is closed (and replaced) when a slot or an open image may have
+	// become free.
+	wake chan struct{}
+	cnt  CatalogCounters
 }
 
 // MountCatalog mounts a catalog of images at dir: a directory per image id
@@ -163,6 +169,9 @@ func MountCatalog(dir string, opts CatalogOptions) (*Server, error) {
 	if opts.MaxOpen == 0 {
 		opts.MaxOpen = DefaultMaxOpen
 	}
+	if opts.BusyWait <= 0 {
+		opts.BusyWait = DefaultBusyWait
+	}
 	if opts.MaxOpen < 1 || opts.MaxOpen > MaxMaxOpen {
 		return nil, fmt.Errorf("fusefs: at most %d images open at once is not within 1..%d", opts.MaxOpen, MaxMaxOpen)
 	}
@@ -173,7 +182,7 @@ func MountCatalog(dir string, opts CatalogOptions) (*Server, error) {
 	c := &catalog{opts: opts, logger: logger, errs: &errorLog{logger: logger},
 		uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), fileMode: 0o400, dirMode: 0o500, mtime: time.Now(),
 		images: map[string]*catImage{}, open: map[*catImage]struct{}{}, names: map[string]string{},
-		nextIno: catFirstIno, idleDone: make(chan struct{})}
+		nextIno: catFirstIno, idleDone: make(chan struct{}), wake: make(chan struct{})}
 	c.cnt.Fetched = map[string]int64{}
 	if opts.AllowOther {
 		c.fileMode, c.dirMode = 0o444, 0o555
@@ -317,6 +326,11 @@ func (c *catalog) refresh() error {
 			delete(c.images, id) // gone from the listing; an open one goes when closed
 		}
 	}
+	for id := range c.cnt.Fetched {
+		if c.images[id] == nil {
+			delete(c.cnt.Fetched, id) // bounded by the images known
+		}
+	}
 	c.cnt.Images = len(c.ids)
 	return nil
 }
@@ -375,9 +389,18 @@ func EscapeName(name string) string {
 	return b.String()
 }
 
+// wakeAll tells waiting opens that a slot or an image may be free; c.mu
+// is held.
+func (c *catalog) wakeAll() {
+	close(c.wake)
+	c.wake = make(chan struct{})
+}
+
 // reserve takes a slot for one more open image, closing the least recently
-// used idle images while every slot is taken.
+// used idle images while every slot is taken, and waiting up to BusyWait
+// while every open image has open files.
 func (c *catalog) reserve() error {
+	var deadline <-chan time.Time
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -397,6 +420,20 @@ func (c *catalog) reserve() error {
 			}
 		}
 		if victim == nil {
+			if deadline == nil {
+				t := time.NewTimer(c.opts.BusyWait)
+				defer t.Stop()
+				deadline = t.C
+			}
+			wake := c.wake
+			c.mu.Unlock()
+			select {
+			case <-wake:
+				continue
+			case <-c.ctx.Done():
+			case <-deadline:
+			}
+			c.mu.Lock()
 			c.cnt.Busy++
 			c.mu.Unlock()
 			return errBusy
@@ -434,6 +471,7 @@ func (c *catalog) release(id string, op *openImage) {
 	}
 	c.mu.Lock()
 	c.cnt.OpenNow--
+	c.wakeAll()
 	c.cnt.Closes++
 	c.cnt.Fetched[id] += fetched
 	c.cnt.BytesFetched += fetched
@@ -573,6 +611,9 @@ func (img *catImage) openLocked() (*openImage, syscall.Errno) {
 		return nil, syscall.EBUSY
 	}
 	ci, err := c.opts.Open(c.ctx, img.id)
+	if err == nil && (ci == nil || ci.Close == nil) {
+		err = errors.New("fusefs: Open returned no image or no Close")
+	}
 	var op *openImage
 	var specs []fileSpec
 	if err == nil {
@@ -589,6 +630,7 @@ func (img *catImage) openLocked() (*openImage, syscall.Errno) {
 	defer c.mu.Unlock()
 	if err != nil {
 		c.cnt.OpenNow--
+		c.wakeAll()
 		c.cnt.OpenErrors++
 		img.errAt = time.Now()
 		msg := []byte(fmt.Sprintf("image %s (%q) cannot be opened: %v\n", img.id, img.entry.Name, err))
@@ -659,6 +701,9 @@ func (img *catImage) unpin() {
 	img.c.mu.Lock()
 	img.pins--
 	img.lastUsed = time.Now()
+	if img.pins == 0 {
+		img.c.wakeAll()
+	}
 	img.c.mu.Unlock()
 }
 

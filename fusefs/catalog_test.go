@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,6 +145,7 @@ func TestCatalogMountOfFakeImages(t *testing.T) {
 	var logBuf bytes.Buffer
 	var logMu sync.Mutex
 	opts := f.options()
+	opts.BusyWait = 300 * time.Millisecond
 	opts.Logger = log.New(&lockedWriter{w: &logBuf, mu: &logMu}, "", 0)
 
 	mount := func() (string, *Server) {
@@ -341,4 +343,63 @@ func settledGoroutines(want int) int {
 		}
 	}
 	return n
+}
+
+// Readers of many images at once, more than MaxOpen: an open waits for a
+// slot, every read has the right bytes, the fake never has more than
+// MaxOpen images open, and unmount closes them all.
+func TestCatalogConcurrentReaders(t *testing.T) {
+	testimg.Need(t, "fusermount3")
+	f := newFakeCatalog(8)
+	opts := f.options()
+	opts.Logger = log.New(&bytes.Buffer{}, "", 0)
+	dir := t.TempDir()
+	s, err := MountCatalog(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var served, busy atomic.Int64
+	errs := make(chan error, 8)
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 15 {
+				e := f.entries[(w*5+i*3)%len(f.entries)]
+				got, err := os.ReadFile(filepath.Join(dir, e.ID, DiskName))
+				switch {
+				case errors.Is(err, syscall.EBUSY):
+					busy.Add(1)
+				case err != nil:
+					errs <- err
+					return
+				case !bytes.Equal(got, f.disks[e.ID]):
+					errs <- fmt.Errorf("image %s: bytes differ", e.ID)
+					return
+				default:
+					served.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if p := f.peak.Load(); p > 3 {
+		t.Errorf("%d images open at once, want at most 3", p)
+	}
+	if err := s.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	s.Wait()
+	if o, c := f.opens.Load(), f.closes.Load(); o != c {
+		t.Fatalf("after unmount: %d opens, %d closes", o, c)
+	}
+	t.Logf("%d reads served, %d refused with EBUSY, %d opens", served.Load(), busy.Load(), f.opens.Load())
+	if served.Load() != 90 {
+		t.Fatalf("%d of 90 reads served, %d refused with EBUSY: opens did not wait for a slot", served.Load(), busy.Load())
+	}
 }
