@@ -403,3 +403,63 @@ func TestCatalogConcurrentReaders(t *testing.T) {
 		t.Fatalf("%d of 90 reads served, %d refused with EBUSY: opens did not wait for a slot", served.Load(), busy.Load())
 	}
 }
+
+// The listing is used for TTL, then listed again: an image added shows up,
+// a removed one goes, and within the TTL no list call is made.
+func TestCatalogListingTTL(t *testing.T) {
+	testimg.Need(t, "fusermount3")
+	f := newFakeCatalog(4)
+	var mu sync.Mutex
+	entries := f.entries[:3]
+	opts := f.options()
+	opts.List = func(context.Context) ([]CatalogEntry, int, error) {
+		f.lists.Add(1)
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]CatalogEntry(nil), entries...), 2, nil
+	}
+	opts.TTL = 500 * time.Millisecond
+	opts.Logger = log.New(&bytes.Buffer{}, "", 0)
+	dir := t.TempDir()
+	s, err := MountCatalog(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Unmount(); s.Wait() }()
+	ids := func() string {
+		t.Helper()
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			if strings.Contains(e.Name(), "-4000-") {
+				out = append(out, e.Name()[:8])
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	start := time.Now()
+	first := ids()
+	second := ids()
+	if first != "00000001 00000002 00000003" || second != first {
+		t.Fatalf("listings: %q then %q", first, second)
+	}
+	if n := f.lists.Load(); n != 1 && time.Since(start) < opts.TTL {
+		t.Fatalf("%d list calls within the TTL, want 1", n)
+	}
+	mu.Lock()
+	entries = append([]CatalogEntry{f.entries[3]}, f.entries[1:3]...)
+	mu.Unlock()
+	time.Sleep(opts.TTL + 100*time.Millisecond)
+	if got := ids(); got != "00000002 00000003 00000004" {
+		t.Fatalf("after the TTL: %q, want image 1 gone and image 4 listed", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, f.entries[3].ID, DiskName)); err != nil {
+		t.Fatalf("the new image: %v", err)
+	}
+	if st := readCatalogJSON(t, dir); st.Listings < 2 || st.ListCalls != 2*st.Listings {
+		t.Fatalf("counters: %+v", st)
+	}
+}
