@@ -188,6 +188,12 @@ func MountCatalog(dir string, opts CatalogOptions) (*Server, error) {
 		c.fileMode, c.dirMode = 0o444, 0o555
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// The first listing is made now, so that bad credentials or a filter
+	// the image service refuses fail the mount, not a later ls.
+	if err := c.refresh(); err != nil {
+		c.cancel()
+		return nil, err
+	}
 	root := &catRoot{c: c}
 	server, err := fs.Mount(abs, root, fsOptions(opts.FsName, opts.AllowOther, opts.Debug, opts.TTL))
 	if err != nil {
@@ -283,7 +289,6 @@ func (c *catalog) refresh() error {
 	c.cnt.ListCalls += int64(calls)
 	if err != nil {
 		if c.listed.IsZero() {
-			c.logger.Printf("imgfs: catalog: %v", err)
 			return err
 		}
 		c.listed = time.Now() // retry after the TTL, not at every lookup
