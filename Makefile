@@ -5,7 +5,7 @@ GOFLAGS_T ?= -count=1 -timeout 40m
 FUZZTIME  ?= 10s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build deps test test-unit bench fuzz fuzz-long reliability lint demo clean
+.PHONY: all build deps test test-unit bench fuzz fuzz-long reliability lint demo demo-ceph clean
 
 all: build
 
@@ -54,6 +54,10 @@ lint:
 
 demo: deps build
 	tests/demo.sh
+
+# The demo on Glance's rbd store (a single-node Ceph): direct reads from RADOS.
+demo-ceph: deps build
+	DEMO_STORE=rbd tests/demo.sh
 
 clean:
 	rm -rf bin

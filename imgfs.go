@@ -21,8 +21,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/remote"
 	"github.com/imgfs/imgfs/cloud"
 	"github.com/imgfs/imgfs/keyring"
@@ -77,6 +80,14 @@ type Options struct {
 	HTTP remote.HTTPOptions
 	// Cache tunes the block cache in front of remote sources.
 	Cache remote.CacheOptions
+	// Ceph says how to reach a Ceph cluster, for rbd:POOL/IMAGE[@SNAP]
+	// sources and for Glance images whose location is rbd://. The zero
+	// value behaves like the rbd CLI ($CEPH_CONF else /etc/ceph/ceph.conf,
+	// client.admin, 30 s timeout).
+	Ceph rbd.Config
+	// NoDirect reads Glance images over Glance's HTTP API even when their
+	// location is on an RBD cluster imgfs could reach.
+	NoDirect bool
 
 	// WrapStored, if set, wraps the stored image before anything reads
 	// it, to count or trace the reads; Stored is then the wrapper.
@@ -112,6 +123,13 @@ type Image struct {
 	opts    Options
 	enc     luksio.Encrypted
 	closers []func() error
+
+	// start is when Open began; ready when Disk was unlocked; firstByte
+	// (nanoseconds after start, 0 = not yet) when a read of Disk first
+	// returned data.
+	start     time.Time
+	ready     time.Time
+	firstByte atomic.Int64
 }
 
 // Open opens SOURCE — a local file, an http(s):// URL, or a Glance image
@@ -120,6 +138,7 @@ type Image struct {
 // passphrase is fetched only if the image is encrypted and zeroed once
 // the volume key is derived; Close zeroes the volume key.
 func Open(ctx context.Context, source string, opts Options) (*Image, error) {
+	start := time.Now()
 	src, err := openSource(ctx, source, opts)
 	if err != nil {
 		return nil, err
@@ -128,7 +147,7 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 	if opts.WrapStored != nil {
 		src.dev = opts.WrapStored(src.dev)
 	}
-	img := &Image{Stored: src.dev, src: src, opts: mergeStated(opts, src)}
+	img := &Image{Stored: src.dev, src: src, opts: mergeStated(opts, src), start: start}
 	if opts.StoredOnly {
 		img.Info, err = inspectDevice(src.dev, img.opts, src.stated)
 	} else {
@@ -136,6 +155,10 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 	}
 	if err != nil {
 		src.close()
+		if src.directNote != "" {
+			// the caller never gets the Image whose DirectNote says why
+			return nil, fmt.Errorf("%s: %w (%s)", source, err, src.directNote)
+		}
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	img.Info.Source = src.info
@@ -146,7 +169,7 @@ func Open(ctx context.Context, source string, opts Options) (*Image, error) {
 // stored image): Format, Key, NoKey, StoredOnly, Unlock and Policy of opts
 // apply. Close does not close dev.
 func OpenDevice(ctx context.Context, dev blockdev.Device, opts Options) (*Image, error) {
-	img := &Image{Stored: dev, src: &source{dev: dev, close: func() error { return nil }}, opts: opts}
+	img := &Image{Stored: dev, src: &source{dev: dev, close: func() error { return nil }}, opts: opts, start: time.Now()}
 	var err error
 	if opts.StoredOnly {
 		img.Info, err = inspectDevice(dev, opts, stated{})
@@ -172,7 +195,8 @@ func (img *Image) OpenDisk(ctx context.Context) error {
 	if img.Info != nil {
 		b.info.Source = img.Info.Source
 	}
-	img.Info, img.Disk, img.enc, img.closers = b.info, b.disk, b.enc, append(img.closers, b.closers...)
+	img.ready = time.Now()
+	img.Info, img.Disk, img.enc, img.closers = b.info, img.timed(b.disk), b.enc, append(img.closers, b.closers...)
 	return nil
 }
 
@@ -186,17 +210,65 @@ func (img *Image) Stats() (st blockdev.Stats, ok bool) {
 	if img.src.stats == nil {
 		return st, false
 	}
-	return img.src.stats(), true
+	st = img.src.stats()
+	ms := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return max(float64(t.Sub(img.start).Microseconds())/1000, 0.001)
+	}
+	st.TokenMS, st.ReadyMS = ms(img.src.tokenAt), ms(img.ready)
+	if fb := img.firstByte.Load(); fb > 0 {
+		st.FirstByteMS = float64(fb/1000) / 1000
+	}
+	return st, true
 }
 
-// Mode is how a remote source reads: "range" or "sequential"; "" for a
-// local file.
+// timed wraps the plaintext disk so that the first read to return data
+// sets img.firstByte (the time to first byte of --stats and of a mount's
+// stats file). A Mapper stays a Mapper.
+func (img *Image) timed(d blockdev.Device) blockdev.Device {
+	t := &timedDevice{Device: d, img: img}
+	if m, ok := d.(blockdev.Mapper); ok {
+		return &timedMapper{t, m}
+	}
+	return t
+}
+
+// timedDevice records the first read that returns data.
+type timedDevice struct {
+	blockdev.Device
+	img *Image
+}
+
+// ReadAt implements io.ReaderAt.
+func (t *timedDevice) ReadAt(p []byte, off int64) (int, error) {
+	n, err := t.Device.ReadAt(p, off)
+	if n > 0 && t.img.firstByte.Load() == 0 {
+		t.img.firstByte.CompareAndSwap(0, max(int64(time.Since(t.img.start)), 1))
+	}
+	return n, err
+}
+
+type timedMapper struct {
+	*timedDevice
+	blockdev.Mapper
+}
+
+// Mode is how a remote source reads: "range", "sequential" or "rbd"; ""
+// for a local file.
 func (img *Image) Mode() string {
 	if m, ok := img.src.remote.(remote.ModeReporter); ok {
 		return string(m.Mode())
 	}
 	return ""
 }
+
+// DirectNote says why a Glance image whose location is on RBD is read
+// over HTTP instead of directly ("" when it is read directly, when it has
+// no rbd:// location, or with Options.NoDirect). Callers show it once; Info
+// carries the reason in Source["direct"] for every Glance image.
+func (img *Image) DirectNote() string { return img.src.directNote }
 
 // CanVerify reports whether the source states a checksum of the stored
 // image (Glance's os_hash_value or checksum) that Verify checks.

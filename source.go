@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/remote"
@@ -33,12 +34,17 @@ type source struct {
 	verify func(ctx context.Context) error
 	// unverified says why a checksum the source states cannot be checked.
 	unverified string
+	// tokenAt is when the cloud token was in hand (zero: no cloud).
+	tokenAt time.Time
+	// directNote says why an rbd:// located Glance image is read over HTTP.
+	directNote string
 }
 
-// IsRemote reports whether SOURCE names a remote image (an http(s) URL or
-// a Glance image) rather than a local file.
+// IsRemote reports whether SOURCE names a remote image (an http(s) URL,
+// an RBD image rbd:POOL/IMAGE[@SNAP] or a Glance image) rather than a
+// local file.
 func IsRemote(spec string) bool {
-	if strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://") {
+	if strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://") || isRBDSpec(spec) {
 		return true
 	}
 	if _, ok := cloud.GlanceID(spec); ok {
@@ -48,8 +54,8 @@ func IsRemote(spec string) bool {
 	return false
 }
 
-// openSource opens SOURCE: an http(s) URL, a Glance image (a UUID that is
-// not a local file, or glance:<id>), or a local file.
+// openSource opens SOURCE: an http(s) URL, an RBD image, a Glance image (a
+// UUID that is not a local file, or glance:<id>), or a local file.
 func openSource(ctx context.Context, spec string, opts Options) (*source, error) {
 	var (
 		src *source
@@ -58,6 +64,8 @@ func openSource(ctx context.Context, spec string, opts Options) (*source, error)
 	switch {
 	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
 		src, err = openHTTP(ctx, spec, opts)
+	case isRBDSpec(spec):
+		src, err = openRBDSpec(ctx, spec, opts)
 	case IsRemote(spec):
 		id, _ := cloud.GlanceID(spec)
 		return openGlance(ctx, id, opts)
@@ -105,38 +113,38 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 			return nil, fmt.Errorf("glance image %s: %w", id, err)
 		}
 	}
-	g, err := cloud.OpenGlance(ctx, sess, id, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache})
+	tokenAt := time.Now()
+	img, err := sess.GetReadableImage(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	img := g.Image
-	info := map[string]any{
+	src, err := openGlanceDirect(ctx, sess, img, opts)
+	if err != nil {
+		return nil, err
+	}
+	src.tokenAt = tokenAt
+	info := src.info
+	for k, v := range map[string]any{
 		"kind": "glance", "image_id": img.ID, "name": img.Name, "disk_format": img.DiskFormat,
-		"container_format": img.ContainerFormat, "status": img.Status, "size": img.Size, "mode": liveMode{g},
-		"cloud": sess.Name,
+		"container_format": img.ContainerFormat, "status": img.Status, "size": img.Size, "cloud": sess.Name,
+	} {
+		info[k] = v
 	}
 	for k := range img.Properties {
 		if strings.HasPrefix(k, "os_encrypt_") || strings.HasPrefix(k, "os_decrypt_") || strings.HasPrefix(k, "cinder_encryption_") {
 			info[k] = img.Property(k) // ids and policies, never key material
 		}
 	}
-	src := &source{dev: g, info: info, close: g.Close, stats: g.Stats}
 	switch h := img.Hash(); {
-	case g.Verifiable():
+	case src.verify != nil:
 		info["checksum"] = h.Algo
-		src.verify = g.Verify
 	case h.Algo != "":
 		src.unverified = fmt.Sprintf("integrity cannot be checked: Glance's os_hash_algo %q is not supported", h.Algo)
 		info["checksum"] = h.Algo + " (not supported: integrity cannot be checked)"
 	}
-	src.stated.format, src.stated.encrypted = img.Stated()
-	if v := img.Property("os_decrypt_size"); v != "" && src.stated.encrypted {
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || n <= 0 {
-			g.Close()
-			return nil, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", id, v, remote.ErrRemote)
-		}
-		src.stated.decryptSize = n
+	if src.stated, err = statedByGlance(img); err != nil {
+		src.close()
+		return nil, err
 	}
 	if opts.NoKey {
 		return src, nil
@@ -149,6 +157,20 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 		src.key = cloud.BarbicanKey(opts.Cloud, sess, keyID)
 	}
 	return src, nil
+}
+
+// statedByGlance is what a Glance image's metadata says of its bytes.
+func statedByGlance(img *cloud.GlanceImage) (stated, error) {
+	var st stated
+	st.format, st.encrypted = img.Stated()
+	if v := img.Property("os_decrypt_size"); v != "" && st.encrypted {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n <= 0 {
+			return st, fmt.Errorf("glance image %s: os_decrypt_size %q is not a size in bytes: %w", img.ID, v, remote.ErrRemote)
+		}
+		st.decryptSize = n
+	}
+	return st, nil
 }
 
 // liveMode shows a remote source's read mode as it is when printed (it

@@ -146,6 +146,14 @@ type built struct {
 
 // stack builds the plaintext read stack over src.
 func stack(ctx context.Context, src blockdev.Device, opts Options, st stated) (b built, err error) {
+	if opts.Key != nil && !opts.NoKey {
+		// The passphrase (a Barbican secret: its own round trips and a
+		// token validation) is fetched while the headers and keyslots
+		// are read; it is zeroed if the image turns out not to need it.
+		pk := prefetchKey(ctx, opts.Key)
+		defer pk.discard()
+		opts.Key = pk
+	}
 	info, disk, enc, closers, err := buildStack(ctx, src, opts, st)
 	return built{info, disk, enc, closers}, err
 }
@@ -234,13 +242,40 @@ func buildStack(ctx context.Context, src blockdev.Device, opts Options, st state
 
 // unlockLUKS fetches the passphrase and derives the volume key of a raw
 // LUKS image; the passphrase is zeroed before it returns.
+// While the passphrase is awaited (a Barbican secret is several round
+// trips), the key material of the keyslot to try first is read, so that a
+// remote source has it in its cache when the unlock asks for it.
 func unlockLUKS(ctx context.Context, src blockdev.Device, h *luksio.Header, opts Options) (*luksio.Key, error) {
+	warmed := make(chan struct{})
+	go func() {
+		defer close(warmed)
+		warmKeyslot(src, h, opts.Unlock.Slot)
+	}()
 	pass, err := opts.Key.Passphrase(ctx)
+	<-warmed
 	if err != nil {
 		return nil, fmt.Errorf("key: %w", err)
 	}
 	defer keyring.Zero(pass)
 	return h.Unlock(src, pass, opts.Unlock)
+}
+
+// warmKeyslot reads the key material area of keyslot slot (the first
+// active one for luksio.AnySlot) and forgets it: errors are left for the
+// unlock to meet and report.
+func warmKeyslot(src blockdev.Device, h *luksio.Header, slot int) {
+	for _, ks := range h.Keyslots {
+		if (slot >= 0 && ks.Index != slot) || (slot < 0 && ks.Priority == 0) {
+			continue
+		}
+		if ks.AreaSize <= 0 || ks.AreaSize > 64<<20 || ks.AreaOffset < 0 || ks.AreaOffset+ks.AreaSize > src.Size() {
+			return
+		}
+		buf := make([]byte, ks.AreaSize)
+		_, _ = src.ReadAt(buf, ks.AreaOffset)
+		clear(buf) // encrypted key material; cleared all the same
+		return
+	}
 }
 
 // trimPadding cuts the sector padding off a LUKS payload whose plaintext

@@ -13,12 +13,27 @@ type Stats struct {
 	CacheHits    int64 `json:"cache_hits"`   // block lookups served from memory (or joined a fetch in flight)
 	CacheMisses  int64 `json:"cache_misses"` // block lookups that had to fetch
 	ReadAhead    int64 `json:"read_ahead"`   // blocks fetched ahead of a sequential reader
+	// Timings from the start of the open, in milliseconds (0: not
+	// reached, or not known): the cloud token in hand, the disk unlocked
+	// and ready, and the first plaintext bytes returned to a reader.
+	TokenMS     float64 `json:"token_ms,omitempty"`
+	ReadyMS     float64 `json:"ready_ms,omitempty"`
+	FirstByteMS float64 `json:"first_byte_ms,omitempty"`
 }
 
 // String formats the counters on one line for `imgfs cat --stats`.
 func (s Stats) String() string {
-	return fmt.Sprintf("%d requests, %s (%d bytes) fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
+	line := fmt.Sprintf("%d requests, %s (%d bytes) fetched, %d retries, %d token renewals, cache %d hits / %d misses, %d blocks read ahead",
 		s.Requests, IBytes(s.BytesFetched), s.BytesFetched, s.Retries, s.TokenRenewal, s.CacheHits, s.CacheMisses, s.ReadAhead)
+	if s.FirstByteMS > 0 {
+		line += fmt.Sprintf(", first byte at %.0f ms", s.FirstByteMS)
+		if s.TokenMS > 0 {
+			line += fmt.Sprintf(" (token at %.0f ms, unlocked at %.0f ms)", s.TokenMS, s.ReadyMS)
+		} else {
+			line += fmt.Sprintf(" (unlocked at %.0f ms)", s.ReadyMS)
+		}
+	}
+	return line
 }
 
 // StatsReporter is implemented by devices that keep Stats: the HTTP source
@@ -37,6 +52,9 @@ func (s Stats) Add(o Stats) Stats {
 		CacheHits:    s.CacheHits + o.CacheHits,
 		CacheMisses:  s.CacheMisses + o.CacheMisses,
 		ReadAhead:    s.ReadAhead + o.ReadAhead,
+		TokenMS:      max(s.TokenMS, o.TokenMS),
+		ReadyMS:      max(s.ReadyMS, o.ReadyMS),
+		FirstByteMS:  max(s.FirstByteMS, o.FirstByteMS),
 	}
 }
 

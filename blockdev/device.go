@@ -49,8 +49,11 @@ func ReadVec(d Device, bufs [][]byte, off int64) error {
 
 // Mapper is implemented by devices that know where their data is. Offsets
 // are in the device's own address space. NextData returns the first offset
-// >= off that holds data, NextHole the first offset >= off that is a hole
-// (Size() if there is none). Both return io.EOF when off >= Size().
+// >= off that may hold data, NextHole the first offset >= off that is a hole
+// (Size() if there is none). Both return io.EOF when off >= Size(). As with
+// SEEK_DATA, NextData may stop early and return an offset in a hole (a qcow2
+// image bounds the tables one call reads); it never skips data, and callers
+// read what it returns.
 type Mapper interface {
 	NextData(off int64) (int64, error)
 	NextHole(off int64) (int64, error)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack"
@@ -24,6 +25,10 @@ type Session struct {
 	Name string
 	// HTTP is the client for data requests (keep-alive, the cloud's TLS).
 	HTTP *http.Client
+
+	mu     sync.Mutex
+	images *gophercloud.ServiceClient // ImageService, made once
+	keys   *gophercloud.ServiceClient // KeyManager, made once
 }
 
 // Connect authenticates from clouds.yaml when a cloud name is given
@@ -84,6 +89,13 @@ func Connect(ctx context.Context, name string) (*Session, error) {
 	if err := openstack.Authenticate(ctx, pc, ao); err != nil {
 		return nil, fmt.Errorf("cloud %s: authentication at %s failed: %s", name, remote.RedactURL(ao.IdentityEndpoint), DescribeAPIError(err))
 	}
+	// Do not keep the connection to Keystone open: it is not needed again
+	// until the token is renewed, and a Keystone served by uwsgi's
+	// http11-socket with one worker (a small or test deployment) waits on
+	// an idle keep-alive connection for its socket timeout, 4 s, before it
+	// serves anyone else, such as Glance and Barbican validating this very
+	// token. Nothing but Keystone has been contacted yet.
+	hc.CloseIdleConnections()
 	return &Session{Provider: pc, Endpoint: eo, Name: name, HTTP: hc}, nil
 }
 

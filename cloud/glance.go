@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/imgfs/imgfs/blockdev/remote"
 
-	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 )
 
@@ -44,6 +44,46 @@ type GlanceImage struct {
 	Created           time.Time
 	// Properties are the image's custom properties (os_encrypt_*, ...).
 	Properties map[string]any
+	// DirectURL is the image's direct_url (shown when Glance has
+	// show_image_direct_url), e.g. rbd://FSID/POOL/IMAGE/snap; "" if not
+	// shown.
+	DirectURL string
+	// Locations are the URLs of the image's locations (shown when Glance
+	// has show_multiple_locations), in Glance's order.
+	Locations []string
+}
+
+// DirectLocations returns the image's locations to read directly, without
+// duplicates: direct_url first, then the locations' URLs.
+func (g *GlanceImage) DirectLocations() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, u := range append([]string{g.DirectURL}, g.Locations...) {
+		if u != "" && !seen[u] {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// takeLocations moves direct_url and locations, which gophercloud leaves
+// among the custom properties, into DirectURL and Locations.
+func (g *GlanceImage) takeLocations() {
+	if v, ok := g.Properties["direct_url"].(string); ok {
+		g.DirectURL = v
+	}
+	if locs, ok := g.Properties["locations"].([]any); ok {
+		for _, l := range locs {
+			if m, ok := l.(map[string]any); ok {
+				if u, ok := m["url"].(string); ok && u != "" {
+					g.Locations = append(g.Locations, u)
+				}
+			}
+		}
+	}
+	delete(g.Properties, "direct_url")
+	delete(g.Properties, "locations")
 }
 
 // Property returns a custom property as a string ("" if absent).
@@ -102,7 +142,7 @@ func (g *GlanceImage) KeyID() string {
 
 // GetImage reads a Glance image's metadata.
 func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error) {
-	client, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+	client, err := c.ImageService()
 	if err != nil {
 		return nil, fmt.Errorf("glance: %w", err)
 	}
@@ -116,14 +156,47 @@ func (c *Session) GetImage(ctx context.Context, id string) (*GlanceImage, error)
 		}
 		return nil, fmt.Errorf("glance image %s: %s", id, DescribeAPIError(err))
 	}
-	return glanceImage(img), nil
+	return fromGophercloud(img), nil
 }
 
-// glanceImage converts gophercloud's image record.
-func glanceImage(img *images.Image) *GlanceImage {
-	return &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
+// maxImageJSON bounds the image metadata ParseImage accepts.
+const maxImageJSON = 4 << 20
+
+// ParseImage reads a Glance v2 image record (the JSON of GET
+// /v2/images/{id}) as GetImage does.
+func ParseImage(body []byte) (*GlanceImage, error) {
+	if len(body) > maxImageJSON {
+		return nil, fmt.Errorf("glance image metadata of %d bytes exceeds %d: %w", len(body), maxImageJSON, remote.ErrRemote)
+	}
+	var img images.Image
+	if err := json.Unmarshal(body, &img); err != nil {
+		return nil, fmt.Errorf("glance image metadata: %w", err)
+	}
+	return fromGophercloud(&img), nil
+}
+
+func fromGophercloud(img *images.Image) *GlanceImage {
+	g := &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
 		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties,
 		Visibility: string(img.Visibility), Owner: img.Owner, Tags: img.Tags, Created: img.CreatedAt}
+	g.takeLocations()
+	return g
+}
+
+// GetReadableImage reads a Glance image's metadata and checks that it has
+// data to read: it is active and states its size.
+func (c *Session) GetReadableImage(ctx context.Context, id string) (*GlanceImage, error) {
+	img, err := c.GetImage(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if img.Status != "active" {
+		return nil, fmt.Errorf("glance image %s (%q) is %s, not active: it has no data to read: %w", id, img.Name, img.Status, ErrImageNotActive)
+	}
+	if img.Size <= 0 {
+		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, remote.ErrRemote)
+	}
+	return img, nil
 }
 
 // GlanceOptions configure OpenGlance.
@@ -143,17 +216,18 @@ type Glance struct {
 // OpenGlance resolves image id and opens its data. The image must be
 // active.
 func OpenGlance(ctx context.Context, cloud *Session, id string, opts GlanceOptions) (*Glance, error) {
-	img, err := cloud.GetImage(ctx, id)
+	img, err := cloud.GetReadableImage(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if img.Status != "active" {
-		return nil, fmt.Errorf("glance image %s (%q) is %s, not active: it has no data to read: %w", id, img.Name, img.Status, ErrImageNotActive)
-	}
-	if img.Size <= 0 {
-		return nil, fmt.Errorf("glance image %s (%q): metadata gives no size: %w", id, img.Name, remote.ErrRemote)
-	}
-	client, err := openstack.NewImageV2(cloud.Provider, cloud.Endpoint)
+	return OpenGlanceData(ctx, cloud, img, opts)
+}
+
+// OpenGlanceData opens the data of an image whose metadata
+// GetReadableImage returned, over HTTP.
+func OpenGlanceData(ctx context.Context, cloud *Session, img *GlanceImage, opts GlanceOptions) (*Glance, error) {
+	id := img.ID
+	client, err := cloud.ImageService()
 	if err != nil {
 		return nil, fmt.Errorf("glance: %w", err)
 	}

@@ -59,22 +59,35 @@ func (l *lazyBarbican) Passphrase(ctx context.Context) ([]byte, error) {
 	return b.Passphrase(ctx)
 }
 
-// KeyManager returns a Barbican client of the session's cloud.
+// KeyManager returns the Barbican client of the session's cloud. It is made
+// once per session: gophercloud asks the endpoint for its versions (a round
+// trip) every time a client is made.
 func (c *Session) KeyManager() (*gophercloud.ServiceClient, error) {
-	kc, err := openstack.NewKeyManagerV1(c.Provider, c.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("no key manager (Barbican) in the catalog of cloud %s: %w", c.Name, err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.keys == nil {
+		kc, err := openstack.NewKeyManagerV1(c.Provider, c.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("no key manager (Barbican) in the catalog of cloud %s: %w", c.Name, err)
+		}
+		c.keys = kc
 	}
-	return kc, nil
+	return c.keys, nil
 }
 
-// ImageService returns a Glance client of the session's cloud.
+// ImageService returns the Glance client of the session's cloud, made once
+// per session (see KeyManager).
 func (c *Session) ImageService() (*gophercloud.ServiceClient, error) {
-	ic, err := openstack.NewImageV2(c.Provider, c.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("no image service (Glance) in the catalog of cloud %s: %w", c.Name, err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.images == nil {
+		ic, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("no image service (Glance) in the catalog of cloud %s: %w", c.Name, err)
+		}
+		c.images = ic
 	}
-	return ic, nil
+	return c.images, nil
 }
 
 // Secret is a Barbican secret that holds an image key, with the LUKS

@@ -107,7 +107,7 @@ func (c *Session) ListImages(ctx context.Context, opts ListOptions) (list []*Gla
 			return false, fmt.Errorf("more than %d images: narrow the listing with filters: %w", MaxListedImages, ErrTooManyImages)
 		}
 		for i := range imgs {
-			list = append(list, glanceImage(&imgs[i]))
+			list = append(list, fromGophercloud(&imgs[i]))
 		}
 		return true, nil
 	})

@@ -130,7 +130,7 @@ func TestNewSectorCipherRejects(t *testing.T) {
 	}{
 		{"serpent-xts-plain64", 64, 512},
 		{"aes-xts-benbi", 64, 512},
-		{"aes-xts-essiv:sha256", 64, 512},
+		{"aes-xts-essiv:sha512", 64, 512}, // 64-byte ESSIV key is not an AES key
 		{"aes-ctr-plain64", 32, 512},
 		{"aes-cbc-essiv:md5", 32, 512},
 		{"aes-cbc-essiv:sha512", 32, 512}, // 64-byte ESSIV key is not an AES key

@@ -27,6 +27,7 @@ var qemuMatrix = []qemuCase{
 	{"aes128-xts-plain64-sha1", testimg.QemuLUKSOpts{CipherAlg: "aes-128", Mode: "xts", IVGen: "plain64", Hash: "sha1"}, "aes-xts-plain64", 32},
 	{"aes256-xts-plain-sha512", testimg.QemuLUKSOpts{CipherAlg: "aes-256", Mode: "xts", IVGen: "plain", Hash: "sha512"}, "aes-xts-plain", 64},
 	{"aes256-cbc-essiv-sha512", testimg.QemuLUKSOpts{CipherAlg: "aes-256", Mode: "cbc", IVGen: "essiv", IVHash: "sha256", Hash: "sha512"}, "aes-cbc-essiv:sha256", 32},
+	{"aes256-xts-essiv-sha256", testimg.QemuLUKSOpts{CipherAlg: "aes-256", Mode: "xts", IVGen: "essiv", IVHash: "sha256", Hash: "sha256"}, "aes-xts-essiv:sha256", 64},
 	{"aes128-cbc-plain64-sha1", testimg.QemuLUKSOpts{CipherAlg: "aes-128", Mode: "cbc", IVGen: "plain64", Hash: "sha1"}, "aes-cbc-plain64", 16},
 	{"twofish256-xts-plain64-sha256", testimg.QemuLUKSOpts{CipherAlg: "twofish-256", Mode: "xts", IVGen: "plain64", Hash: "sha256"}, "twofish-xts-plain64", 64},
 	{"cast5-cbc-plain-sha1", testimg.QemuLUKSOpts{CipherAlg: "cast5-128", Mode: "cbc", IVGen: "plain", Hash: "sha1"}, "cast5-cbc-plain", 16},

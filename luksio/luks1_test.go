@@ -73,7 +73,7 @@ func TestLUKS1QemuImages(t *testing.T) {
 // qemu-img chose must give exactly qemu-img's payload.
 func TestPythonEncryptorMatchesQemu(t *testing.T) {
 	testimg.Need(t, "qemu-img", "cryptsetup", testimg.Python)
-	for _, i := range []int{0, 3} {
+	for _, i := range []int{0, 3, 4} { // xts-plain64, cbc-essiv, xts-essiv
 		path, plain := qemuImage(t, i)
 		key, off := testimg.CryptsetupVolumeKey(t, path, luks1Pass)
 		img, err := os.ReadFile(path)

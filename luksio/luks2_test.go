@@ -52,6 +52,7 @@ var csMatrix = []csCase{
 	{"luks2-pbkdf2-sha512-cbc-essiv-sector4096", "luks2", "aes-cbc-essiv:sha256", 256, 4096, "pbkdf2", kdfPBKDF2, kdfArgon2i, "sha512"},
 	{"luks2-metadata64k-argon2id-xts512", "luks2", "aes-xts-plain64", 512, 512, "argon2id", append([]string{"--luks2-metadata-size", "64k"}, kdfArgon2id...), kdfPBKDF2, ""},
 	{"luks1-sha512-cbc-essiv", "luks1", "aes-cbc-essiv:sha256", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha512"},
+	{"luks1-sha256-xts512-essiv", "luks1", "aes-xts-essiv:sha256", 512, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha256"},
 	{"luks1-sha1-xts512", "luks1", "aes-xts-plain64", 512, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "sha1"},
 	{"luks1-ripemd160-xts256", "luks1", "aes-xts-plain64", 256, 512, "pbkdf2", kdfPBKDF2, kdfPBKDF2, "ripemd160"},
 }

@@ -71,7 +71,9 @@ func NewSectorCipher(spec string, key []byte, sectorSize int) (*SectorCipher, er
 	if cs.mode == modeXTS && c.bs != 16 {
 		return badKey(errors.New("XTS needs a 16-byte block cipher"))
 	}
-	if cs.mode == modeXTS && cs.alg == "aes" && newFastXTS != nil {
+	// The assembly XTS derives the IV from the sector number itself: it
+	// serves plain and plain64, not ESSIV (the portable path does).
+	if cs.mode == modeXTS && cs.alg == "aes" && cs.iv != ivESSIV && newFastXTS != nil {
 		c.fast = newFastXTS(key)
 	}
 	if cs.mode == modeCBC && cs.alg == "aes" && newFastCBCDecrypter != nil && sectorSize%128 == 0 {
@@ -82,6 +84,8 @@ func NewSectorCipher(spec string, key []byte, sectorSize int) (*SectorCipher, er
 		if err != nil {
 			return badKey(err)
 		}
+		// The ESSIV key is hash(whole volume key): with XTS both halves, as
+		// dm-crypt (crypt_iv_essiv) and qemu (qcrypto_ivgen_essiv) do.
 		h := newHash()
 		h.Write(key)
 		salt := h.Sum(nil)

@@ -23,18 +23,26 @@ const (
 // AnySlot as UnlockOptions.Slot tries every active keyslot.
 const AnySlot = -1
 
-// UnlockOptions controls Header.Unlock.
+// UnlockOptions controls Header.Unlock. The KDF limits bound one Unlock
+// call as a whole, not each keyslot: a header with 32 keyslots cannot make
+// Unlock spend 32 times the budget. Each slot must also fit the per-slot
+// limits (memory, passes, threads, iterations).
 type UnlockOptions struct {
 	// Slot is the keyslot to try, or AnySlot (-1) to try all active ones
 	// (high priority first, skipping priority "ignore"). Note that the zero
 	// value means slot 0.
 	Slot int
-	// MaxKDFMemoryKiB limits argon2 memory (default DefaultMaxKDFMemoryKiB).
+	// MaxKDFMemoryKiB limits the memory of one argon2 run (default
+	// DefaultMaxKDFMemoryKiB). With MaxKDFTime it also makes the argon2
+	// budget of the unlock: the sum over the slots tried of memory × passes
+	// is at most MaxKDFMemoryKiB × MaxKDFTime KiB-passes.
 	MaxKDFMemoryKiB uint32
-	// MaxKDFIterations limits PBKDF2 iterations of keyslots and digests
-	// (default DefaultMaxKDFIterations).
+	// MaxKDFIterations limits the PBKDF2 iterations of the whole unlock
+	// (default DefaultMaxKDFIterations): those of the PBKDF2 keyslots
+	// tried plus those of the digest checked after each slot.
 	MaxKDFIterations uint32
-	// MaxKDFTime limits argon2 passes (default DefaultMaxKDFTime).
+	// MaxKDFTime limits the passes of one argon2 run (default
+	// DefaultMaxKDFTime); see MaxKDFMemoryKiB for the budget.
 	MaxKDFTime uint32
 	// MaxKDFThreads limits argon2 parallelism (default DefaultMaxKDFThreads).
 	MaxKDFThreads uint32
@@ -57,16 +65,21 @@ func (o UnlockOptions) withDefaults() UnlockOptions {
 }
 
 // Key is an unlocked volume key. It never prints its bytes; Close zeroes them.
+// A key that Unlock derives lives on pages of its own, locked in RAM when
+// the system allows it (lockedAlloc).
 type Key struct {
 	key        []byte
+	buf        lockedBuf // the locked memory holding key, if any
 	slot       int
 	spec       string
 	sectorSize int
 }
 
-// Close zeroes the key. The Key is unusable afterwards.
+// Close zeroes the key, then unlocks and unmaps its pages. The Key is
+// unusable afterwards.
 func (k *Key) Close() {
 	clear(k.key)
+	k.buf.free()
 	k.key = nil
 }
 
@@ -97,8 +110,10 @@ var errSlotInactive = errors.New("keyslot is not active")
 // verifies it against the header digest. r is the device the header was
 // read from (key material offsets are relative to its start). The
 // passphrase is not retained. A passphrase that opens no slot gives
-// ErrWrongPassphrase; slots whose KDF exceeds opts' limits are skipped and
-// reported with ErrKDFTooExpensive.
+// ErrWrongPassphrase. The KDF limits of opts are one budget for the whole
+// call (see UnlockOptions): a slot whose KDF exceeds a per-slot limit, or
+// whose cost would exceed what is left of the budget, is not tried and is
+// reported with ErrKDFTooExpensive, before any of its work is spent.
 func (h *Header) Unlock(r io.ReaderAt, passphrase []byte, opts UnlockOptions) (*Key, error) {
 	opts = opts.withDefaults()
 	var slots []Keyslot
@@ -120,9 +135,10 @@ func (h *Header) Unlock(r io.ReaderAt, passphrase []byte, opts UnlockOptions) (*
 		}
 		slots = []Keyslot{h.Keyslots[i]}
 	}
+	b := newKDFBudget(opts)
 	var tooExpensive []error
 	for _, ks := range slots {
-		key, err := h.tryKeyslot(r, ks, passphrase, opts)
+		key, err := h.tryKeyslot(r, ks, passphrase, opts, b)
 		switch {
 		case err == nil:
 			return key, nil
@@ -134,15 +150,67 @@ func (h *Header) Unlock(r io.ReaderAt, passphrase []byte, opts UnlockOptions) (*
 		}
 	}
 	if len(tooExpensive) == len(slots) {
-		return nil, fmt.Errorf("luks%d: no keyslot tried: %w", h.Version, errors.Join(tooExpensive...))
+		return nil, fmt.Errorf("luks%d: no keyslot tried: %w", h.Version, joinSkipped(tooExpensive))
 	}
 	if len(tooExpensive) > 0 {
-		return nil, fmt.Errorf("luks%d: %w (and skipped: %w)", h.Version, ErrWrongPassphrase, errors.Join(tooExpensive...))
+		return nil, fmt.Errorf("luks%d: %w (and skipped: %w)", h.Version, ErrWrongPassphrase, joinSkipped(tooExpensive))
 	}
 	return nil, fmt.Errorf("luks%d: %w", h.Version, ErrWrongPassphrase)
 }
 
-// checkKDF enforces opts' limits on a keyslot.
+// joinSkipped joins the refusals of the keyslots not tried, listing at
+// most two: a header with 32 slots that exhaust the budget would otherwise
+// give a 30-line error.
+func joinSkipped(errs []error) error {
+	if len(errs) <= 2 {
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("%w (and %d more keyslots not tried)", errs[0], len(errs)-1)
+}
+
+// kdfBudget is the KDF work one Unlock may still spend: PBKDF2 iterations
+// (keyslots and digests) and argon2 KiB × passes.
+type kdfBudget struct {
+	iterLimit, iterLeft     uint64
+	argon2Limit, argon2Left uint64
+	tried                   []int // keyslots whose KDF was run
+}
+
+func newKDFBudget(opts UnlockOptions) *kdfBudget {
+	argon2 := uint64(opts.MaxKDFMemoryKiB) * uint64(opts.MaxKDFTime)
+	return &kdfBudget{
+		iterLimit: uint64(opts.MaxKDFIterations), iterLeft: uint64(opts.MaxKDFIterations),
+		argon2Limit: argon2, argon2Left: argon2,
+	}
+}
+
+// spend takes the cost of keyslot ks (iterations: its PBKDF2 iterations
+// plus its digests'; argon2: memory × passes) from the budget, or refuses
+// it, leaving the budget untouched, when it does not fit what is left.
+func (b *kdfBudget) spend(ks Keyslot, iterations, argon2 uint64) error {
+	spent := ""
+	if len(b.tried) > 0 {
+		spent = fmt.Sprintf(" after keyslots %v", b.tried)
+	}
+	switch {
+	case iterations > b.iterLeft:
+		return fmt.Errorf("keyslot %d: %d PBKDF2 iterations (keyslot and digest) exceed what is left of the unlock's budget of %d iterations (%d left%s): %w",
+			ks.Index, iterations, b.iterLimit, b.iterLeft, spent, ErrKDFTooExpensive)
+	case argon2 > b.argon2Left:
+		return fmt.Errorf("keyslot %d: %s memory %d KiB × time %d exceeds what is left of the unlock's argon2 budget of %d KiB-passes (memory limit × time limit; %d left%s): %w",
+			ks.Index, ks.KDF, ks.MemoryKiB, ks.Iterations, b.argon2Limit, b.argon2Left, spent, ErrKDFTooExpensive)
+	}
+	b.iterLeft -= iterations
+	b.argon2Left -= argon2
+	b.tried = append(b.tried, ks.Index)
+	return nil
+}
+
+// kdfWork, when set (by tests), is told the work of every KDF run: PBKDF2
+// iterations or argon2 KiB × passes.
+var kdfWork func(kdf string, work uint64)
+
+// checkKDF enforces opts' per-slot limits on a keyslot.
 func checkKDF(ks Keyslot, opts UnlockOptions) error {
 	switch {
 	case ks.KDF == "pbkdf2" && ks.Iterations > opts.MaxKDFIterations:
@@ -158,21 +226,32 @@ func checkKDF(ks Keyslot, opts UnlockOptions) error {
 }
 
 // tryKeyslot derives a candidate key through one keyslot and checks it.
-func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts UnlockOptions) (*Key, error) {
+// It spends the slot's KDF cost from b first, or refuses the slot.
+func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts UnlockOptions, b *kdfBudget) (*Key, error) {
 	if err := checkKDF(ks, opts); err != nil {
 		return nil, err
 	}
 	var digests []digest
+	var iterations, argon2 uint64
 	for _, d := range h.digests {
 		if slices.Contains(d.keyslots, ks.Index) {
 			if d.iterations > opts.MaxKDFIterations {
 				return nil, fmt.Errorf("keyslot %d: digest has %d PBKDF2 iterations (limit %d): %w", ks.Index, d.iterations, opts.MaxKDFIterations, ErrKDFTooExpensive)
 			}
 			digests = append(digests, d)
+			iterations += uint64(d.iterations)
 		}
 	}
 	if len(digests) == 0 {
 		return nil, corruptf("luks%d: keyslot %d has no digest", h.Version, ks.Index)
+	}
+	if ks.KDF == "pbkdf2" {
+		iterations += uint64(ks.Iterations)
+	} else {
+		argon2 = uint64(ks.MemoryKiB) * uint64(ks.Iterations)
+	}
+	if err := b.spend(ks, iterations, argon2); err != nil {
+		return nil, err
 	}
 	var slotKey []byte
 	switch ks.KDF {
@@ -181,8 +260,14 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 		if err != nil {
 			return nil, err
 		}
+		if kdfWork != nil {
+			kdfWork("pbkdf2", uint64(ks.Iterations))
+		}
 		slotKey = pbkdf2Key(newHash, passphrase, ks.salt, int(ks.Iterations), ks.areaKeyBytes)
 	case "argon2i", "argon2id":
+		if kdfWork != nil {
+			kdfWork(ks.KDF, uint64(ks.MemoryKiB)*uint64(ks.Iterations))
+		}
 		slotKey = argon2Key(ks.KDF == "argon2id", passphrase, ks.salt, ks.Iterations, ks.MemoryKiB, uint8(ks.Parallel), uint32(ks.areaKeyBytes))
 	default:
 		return nil, unsupportedf("keyslot %d: kdf %q", ks.Index, ks.KDF)
@@ -207,21 +292,27 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 	if err != nil {
 		return nil, err
 	}
-	key := make([]byte, ks.KeyBytes)
+	k := &Key{slot: ks.Index, spec: h.CipherSpec, sectorSize: h.SectorSize}
+	k.buf = newLockedBuf(k, ks.KeyBytes)
+	key := k.buf.b
 	afMerge(key, split, int(ks.Stripes), afHash)
 	for _, d := range digests {
 		newHash, err := hashByName(d.hash)
 		if err != nil {
-			clear(key)
+			k.Close()
 			return nil, err
+		}
+		if kdfWork != nil {
+			kdfWork("pbkdf2", uint64(d.iterations))
 		}
 		sum := pbkdf2Key(newHash, key, d.salt, int(d.iterations), len(d.value))
 		ok := subtle.ConstantTimeCompare(sum, d.value) == 1
 		clear(sum)
 		if ok {
-			return &Key{key: key, slot: ks.Index, spec: h.CipherSpec, sectorSize: h.SectorSize}, nil
+			k.key = key
+			return k, nil
 		}
 	}
-	clear(key)
+	k.Close()
 	return nil, fmt.Errorf("keyslot %d: %w", ks.Index, ErrWrongPassphrase)
 }

@@ -67,12 +67,18 @@ func init() {
 	}
 }
 
-// aesniXTS holds the expanded AES-XTS keys for the assembly routines.
+// aesniXTS holds the expanded AES-XTS keys for the assembly routines. They
+// live as long as the cipher (a mount), so they sit in locked memory
+// (lockedBuf) like the volume key.
 type aesniXTS struct {
-	ek, dk, tk [15 * 16]byte // data encryption, data decryption, tweak encryption round keys
-	nr         int           // rounds: 10, 12 or 14
-	impl       int           // xtsAESNI, xtsVAES256 or xtsVAES512
+	ek, dk, tk []byte    // data encryption, data decryption, tweak encryption round keys (15*16 bytes each)
+	buf        lockedBuf // holds ek, dk and tk
+	nr         int       // rounds: 10, 12 or 14
+	impl       int       // xtsAESNI, xtsVAES256 or xtsVAES512
 }
+
+// aesRoundKeysLen is the size of one expanded AES key (15 round keys).
+const aesRoundKeysLen = 15 * 16
 
 // newAESNIXTS expands an AES-XTS key of 32, 48 or 64 bytes; for other
 // lengths it returns nil.
@@ -82,6 +88,9 @@ func newAESNIXTS(key []byte) fastXTS {
 		return nil
 	}
 	x := &aesniXTS{impl: xtsBestImpl}
+	x.buf = newLockedBuf(x, 3*aesRoundKeysLen)
+	const n = aesRoundKeysLen
+	x.ek, x.dk, x.tk = x.buf.b[:n:n], x.buf.b[n:2*n:2*n], x.buf.b[2*n:3*n:3*n]
 	x.nr = aesExpandKey(x.ek[:], key[:half])
 	aesExpandKey(x.tk[:], key[half:])
 	aesDecryptKeys(x.dk[:], x.ek[:], x.nr)
@@ -113,10 +122,10 @@ func (x *aesniXTS) cryptSectors(dst, src []byte, sectorSize int, sector, step, i
 	}
 }
 
-// close implements fastXTS: it zeroes the round keys.
+// close implements fastXTS: it zeroes the round keys and releases their
+// locked pages.
 func (x *aesniXTS) close() {
-	clear(x.ek[:])
-	clear(x.dk[:])
-	clear(x.tk[:])
+	x.buf.free()
+	x.ek, x.dk, x.tk = nil, nil, nil
 	x.nr = 0
 }

@@ -48,6 +48,7 @@ type Image struct {
 	extL2       bool
 	l1          []uint64
 	l2cache     *lru[l2Table]
+	l2bufs      sync.Pool // *[]byte of one cluster, for readL2
 	l2flight    flight[l2Table]
 	zcache      *lru[decompressed]
 
@@ -180,23 +181,33 @@ func (img *Image) setGeometry() {
 	img.compression = h.compressionType
 	img.encrypted = h.cryptMethod != cryptNone
 	img.l2cache = newLRU[l2Table](l2CacheBytes, img.clusterSize, 4)
+	cs := img.clusterSize
+	img.l2bufs.New = func() any { b := make([]byte, cs); return &b }
 	img.zcache = newLRU[decompressed](decompressedCacheBytes, img.clusterSize, 2)
 }
 
 // readL1 reads the L1 entries that cover the virtual size (checkFields has
-// bounded and placed the table).
+// bounded and placed the table). It reads in pieces of l1ReadBytes, so the
+// table is not held twice (bytes and entries) at its 32 MiB cap.
 func (img *Image) readL1() error {
-	n := img.hdr.l1Needed()
-	buf := make([]byte, n*8) // n*8 <= maxL1TableBytes
-	if err := blockdev.ReadFull(img.dev, buf, int64(img.hdr.l1TableOffset)); err != nil {
-		return fmt.Errorf("qcow2: L1 table: %w", err)
-	}
+	n := img.hdr.l1Needed() // n*8 <= maxL1TableBytes
 	img.l1 = make([]uint64, n)
-	for i := range img.l1 {
-		img.l1[i] = binary.BigEndian.Uint64(buf[i*8:])
+	buf := make([]byte, min(n*8, l1ReadBytes))
+	for done := uint64(0); done < n; {
+		k := min(n-done, uint64(len(buf))/8)
+		if err := blockdev.ReadFull(img.dev, buf[:k*8], int64(img.hdr.l1TableOffset+done*8)); err != nil {
+			return fmt.Errorf("qcow2: L1 table: %w", err)
+		}
+		for i := range k {
+			img.l1[done+i] = binary.BigEndian.Uint64(buf[i*8:])
+		}
+		done += k
 	}
 	return nil
 }
+
+// l1ReadBytes is the piece in which readL1 reads the L1 table.
+const l1ReadBytes = 1 << 20
 
 // walk checks every L1 entry, L2 table and cluster descriptor that maps the
 // virtual disk and counts the allocated bytes. Each L2 table is read once:
@@ -211,12 +222,13 @@ func (img *Image) readL1() error {
 // each table's checks to checkFetched when it is first loaded.
 func (img *Image) walk(v *verdict, budget int64) error {
 	img.meta = img.metadataRanges()
-	type l2ref struct {
-		l1i uint64
-		off int64
-	}
-	var tables []l2ref
-	seen := make(map[int64]bool)
+	// Compact structures only: an L1 table may have 4Mi entries (the 32
+	// MiB cap), each with a table of its own. The referenced offsets go to
+	// one slice that is sorted to find tables used twice, and a bitmap over
+	// the L1 entries marks those whose table is checked; no map or slice of
+	// structs over all entries is built.
+	valid := make([]uint64, (len(img.l1)+63)/64)
+	refs := make([]int64, 0, len(img.l1))
 	for l1i := range uint64(len(img.l1)) {
 		l2off, err := img.l2Offset(l1i)
 		if err != nil {
@@ -233,53 +245,196 @@ func (img *Image) walk(v *verdict, budget int64) error {
 		case !inFile(uint64(l2off), uint64(img.clusterSize), img.fileSize):
 			v.add(blockdev.ErrTruncated, "L1 entry %d: L2 table at %#x outside the file (%d bytes)", l1i, l2off, img.fileSize)
 			continue
-		case seen[l2off]:
-			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x used twice", l1i, l2off)
-			continue
 		}
 		if name := overlaps(img.meta, l2off, img.clusterSize); name != "" {
 			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x overlaps the %s", l1i, l2off, name)
 			continue
 		}
-		seen[l2off] = true
-		tables = append(tables, l2ref{l1i, l2off})
+		valid[l1i/64] |= 1 << (l1i % 64)
+		refs = append(refs, l2off)
 	}
-	img.l2set = make([]int64, 0, len(tables))
-	for _, ref := range tables {
-		img.l2set = append(img.l2set, ref.off)
+	slices.Sort(refs)
+	// Tables referenced more than once: every reference after the first,
+	// in L1 order, is refused (and its entry left unchecked).
+	var dups []int64
+	for i := 1; i < len(refs); i++ {
+		if refs[i] == refs[i-1] && (len(dups) == 0 || dups[len(dups)-1] != refs[i]) {
+			dups = append(dups, refs[i])
+		}
 	}
-	slices.Sort(img.l2set)
-	// len(tables) <= maxL1TableBytes/8 and clusterSize <= 2 MiB: no overflow.
-	if int64(len(tables))*img.clusterSize > budget {
+	if len(dups) > 0 {
+		firstSeen := make([]bool, len(dups))
+		for l1i := range uint64(len(img.l1)) {
+			if valid[l1i/64]&(1<<(l1i%64)) == 0 {
+				continue
+			}
+			l2off := int64(img.l1[l1i] & l1OffsetMask)
+			d, ok := slices.BinarySearch(dups, l2off)
+			if !ok {
+				continue
+			}
+			if !firstSeen[d] {
+				firstSeen[d] = true
+				continue
+			}
+			v.add(blockdev.ErrCorrupt, "L1 entry %d: L2 table at %#x used twice", l1i, l2off)
+			valid[l1i/64] &^= 1 << (l1i % 64)
+		}
+	}
+	img.l2set = slices.Compact(refs)
+	if len(img.l2set) < cap(refs)/2 {
+		// Most L1 entries are empty (a sparse disk) or repeated: do not
+		// keep a slice sized for all of them for the image's lifetime.
+		img.l2set = slices.Clone(img.l2set)
+	}
+	tables := len(img.l2set)
+	// tables <= maxL1TableBytes/8 and clusterSize <= 2 MiB: no overflow.
+	if int64(tables)*img.clusterSize > budget {
 		img.info.DeferredL2Checks = true
 		img.info.AllocatedBytes = -1
 		return nil
 	}
 	var allocated int64
-	// L2 tables are fetched walkParallelism at a time: over HTTP each is a
-	// request, and Open should not pay their latencies one after another.
-	loaded := make([]l2Table, walkParallelism)
-	errs := make([]error, walkParallelism)
-	for start := 0; start < len(tables); start += walkParallelism {
-		batch := tables[start:min(start+walkParallelism, len(tables))]
-		var wg sync.WaitGroup
-		for i, ref := range batch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				loaded[i], errs[i] = img.loadL2(ref.l1i, ref.off)
-			}()
-		}
-		wg.Wait()
-		for i, ref := range batch {
-			if errs[i] != nil {
-				return errs[i]
-			}
-			allocated += img.checkL2(v, ref.l1i, ref.off, loaded[i])
-		}
+	var err error
+	if budget == walkAll {
+		allocated, err = img.walkRuns(v, valid)
+	} else {
+		allocated, err = img.walkCached(v, valid)
+	}
+	if err != nil {
+		return err
 	}
 	img.info.AllocatedBytes = allocated
 	return nil
+}
+
+// forEachValid calls fn with every L1 index whose bit is set in valid, in
+// order, until fn fails.
+func forEachValid(valid []uint64, fn func(l1i uint64) error) error {
+	for w, word := range valid {
+		for word != 0 {
+			b := uint64(bits.TrailingZeros64(word))
+			word &= word - 1
+			if err := fn(uint64(w)*64 + b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// walkCached is Open's walk (at most eagerWalkBytes of tables): it loads the
+// tables of the L1 entries marked in valid through the L2 cache, where the
+// reads that follow find them, walkParallelism at a time (over HTTP each is
+// a request, and Open should not pay their latencies one after another),
+// and checks them in L1 order.
+func (img *Image) walkCached(v *verdict, valid []uint64) (int64, error) {
+	var allocated int64
+	var batch [walkParallelism]uint64 // L1 indexes
+	var loaded [walkParallelism]l2Table
+	var errs [walkParallelism]error
+	n := 0
+	flush := func() error {
+		var wg sync.WaitGroup
+		for i := range n {
+			l1i := batch[i]
+			wg.Go(func() { loaded[i], errs[i] = img.loadL2(l1i, int64(img.l1[l1i]&l1OffsetMask)) })
+		}
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				return errs[i]
+			}
+			allocated += img.checkL2(v, batch[i], int64(img.l1[batch[i]]&l1OffsetMask), loaded[i])
+			loaded[i] = nil
+		}
+		n = 0
+		return nil
+	}
+	err := forEachValid(valid, func(l1i uint64) error {
+		batch[n] = l1i
+		if n++; n == walkParallelism {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	return allocated, err
+}
+
+// walkRunBytes is the most L2 table bytes walkRuns reads at once.
+const walkRunBytes = 256 << 10
+
+// walkRuns is Inspect's walk, which has no budget: an L1 table of 4Mi
+// entries may reference 4Mi tables. Tables that follow each other in the
+// file, for L1 entries that follow each other, are read as one run of up
+// to walkRunBytes into reused buffers (walkParallelism runs at a time),
+// neither allocated one by one nor cached (Inspect reads no data), and
+// checked in L1 order.
+func (img *Image) walkRuns(v *verdict, valid []uint64) (int64, error) {
+	cs := img.clusterSize
+	per := max(1, int(walkRunBytes/cs))
+	var runs [walkParallelism][]uint64 // L1 indexes of each run
+	var bufs [walkParallelism][]byte
+	var errs [walkParallelism]error
+	for i := range walkParallelism {
+		runs[i] = make([]uint64, 0, per)
+		bufs[i] = make([]byte, int64(per)*cs)
+	}
+	table := make(l2Table, cs/8)
+	var allocated int64
+	n := 0 // runs started
+	flush := func() error {
+		var wg sync.WaitGroup
+		for i := range n {
+			first := int64(img.l1[runs[i][0]] & l1OffsetMask)
+			buf := bufs[i][:int64(len(runs[i]))*cs]
+			wg.Go(func() {
+				if err := blockdev.ReadFull(img.dev, buf, first); err != nil {
+					errs[i] = fmt.Errorf("qcow2: L2 table at %#x: %w", first, err)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				return errs[i]
+			}
+			for k, l1i := range runs[i] {
+				b := bufs[i][int64(k)*cs:]
+				for j := range table {
+					table[j] = binary.BigEndian.Uint64(b[j*8:])
+				}
+				allocated += img.checkL2(v, l1i, int64(img.l1[l1i]&l1OffsetMask), table)
+			}
+			runs[i] = runs[i][:0]
+		}
+		n = 0
+		return nil
+	}
+	var last int64 // table offset of the last L1 entry added
+	err := forEachValid(valid, func(l1i uint64) error {
+		off := int64(img.l1[l1i] & l1OffsetMask)
+		if n > 0 && len(runs[n-1]) < per && off == last+cs {
+			runs[n-1] = append(runs[n-1], l1i)
+		} else {
+			if n == walkParallelism {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			runs[n] = append(runs[n], l1i)
+			n++
+		}
+		last = off
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	return allocated, err
 }
 
 // checkL2 checks the entries of the L2 table t (at l2off, for L1 entry l1i)

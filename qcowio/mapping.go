@@ -102,23 +102,35 @@ func (img *Image) checkFetched(l1i uint64, off int64, t l2Table) error {
 	return err
 }
 
-// readL2 reads and decodes the L2 table at host offset off.
+// readL2 reads and decodes the L2 table at host offset off. The bytes are
+// read into a pooled cluster buffer: a scan of the data map may load tens
+// of thousands of tables, and only the decoded tables need to stay.
 func (img *Image) readL2(off int64) (l2Table, error) {
+	t := make(l2Table, img.clusterSize/8)
+	buf := img.l2bufs.Get().(*[]byte)
+	defer img.l2bufs.Put(buf)
+	if err := img.readL2Into(t, *buf, off); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// readL2Into reads and decodes the L2 table at host offset off into t,
+// using buf (both one cluster long) for the bytes read.
+func (img *Image) readL2Into(t l2Table, buf []byte, off int64) error {
 	if off%img.clusterSize != 0 {
-		return nil, fmt.Errorf("qcow2: L2 table offset %#x not cluster aligned: %w", off, blockdev.ErrCorrupt)
+		return fmt.Errorf("qcow2: L2 table offset %#x not cluster aligned: %w", off, blockdev.ErrCorrupt)
 	}
 	if !inFile(uint64(off), uint64(img.clusterSize), img.fileSize) {
-		return nil, fmt.Errorf("qcow2: L2 table at %#x past the end of the file (%d bytes): %w", off, img.fileSize, blockdev.ErrTruncated)
+		return fmt.Errorf("qcow2: L2 table at %#x past the end of the file (%d bytes): %w", off, img.fileSize, blockdev.ErrTruncated)
 	}
-	buf := make([]byte, img.clusterSize)
 	if err := blockdev.ReadFull(img.dev, buf, off); err != nil {
-		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
+		return fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
 	}
-	t := make(l2Table, img.clusterSize/8)
 	for i := range t {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}
-	return t, nil
+	return nil
 }
 
 // l2Offset validates an L1 entry and returns its L2 table offset (0: none).

@@ -2,7 +2,10 @@
 # make bench: imgfs against the tools operators use today, measured side by side in
 # one run on the same generated images. Prints a Markdown table of times, rates, peak
 # RSS and ratios. Knobs: BENCH_SIZE (default 1G), BENCH_DIR (default /dev/shm if it
-# fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1.
+# fits, so that the disk is not what is measured), BENCH_SKIP_MOUNT=1, BENCH_SKIP_GLANCE=1
+# (tests/bench-glance.sh: the loopback Glance, directly and at 5/20 ms RTT;
+# BENCH_GLANCE_SIZE, default 512M), BENCH_SKIP_RBD=1 (tests/bench-rbd.sh: Glance's rbd
+# store on a local Ceph, direct reads vs the tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${BENCH_SIZE:-1G}
@@ -90,6 +93,12 @@ echo "HTTP first MiB of the 1 TiB image: $(grep -v '^$' "$D/stats" | tr '\n' ' '
 echo "ratio > 1: faster than the base. Every run includes its own key unlock (iter-time=10 images)."
 if [ -z "${BENCH_SKIP_MOUNT:-}" ]; then
   echo; BENCH_SIZE=$SIZE BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-mount.sh
+fi
+if [ -z "${BENCH_SKIP_GLANCE:-}" ]; then
+  echo; BENCH_ROUNDS=${BENCH_ROUNDS:-3} tests/bench-glance.sh
+fi
+if [ -z "${BENCH_SKIP_RBD:-}" ]; then
+  echo; BENCH_RBD_SIZE=$SIZE tests/bench-rbd.sh
 fi
 if command -v openssl > /dev/null; then
   echo; echo "## crypto ceiling (one core)"

@@ -318,7 +318,9 @@ func TestZipBombIsReal(t *testing.T) {
 
 // TestKDFLimitFlags proves that --max-kdf-iterations, --max-kdf-memory and
 // --max-kdf-time reach luksio.UnlockOptions: a limit just below a real
-// keyslot's cost refuses it naming the limit, the default opens it.
+// keyslot's cost refuses it naming the limit, the default opens it. The
+// iterations limit is a budget for the whole unlock: the keyslot's 1000
+// PBKDF2 iterations plus the digest's 1000.
 func TestKDFLimitFlags(t *testing.T) {
 	testimg.Need(t, "cryptsetup")
 	dir := t.TempDir()
@@ -329,6 +331,8 @@ func TestKDFLimitFlags(t *testing.T) {
 		path, flag, value, want string
 	}{
 		{l1, "--max-kdf-iterations", "999", "1000 PBKDF2 iterations (limit 999)"},
+		// The limit bounds the whole unlock: keyslot and digest together.
+		{l1, "--max-kdf-iterations", "1999", "2000 PBKDF2 iterations (keyslot and digest) exceed what is left of the unlock's budget of 1999 iterations"},
 		{l2, "--max-kdf-memory", "16K", "memory 32 KiB (limit 16)"},
 		{l2, "--max-kdf-time", "3", "time 4 (limit 3)"},
 	} {
@@ -338,7 +342,7 @@ func TestKDFLimitFlags(t *testing.T) {
 		}
 	}
 	for _, c := range []struct{ path, flag, value string }{
-		{l1, "--max-kdf-iterations", "1000"},
+		{l1, "--max-kdf-iterations", "2000"}, // 1000 for the keyslot, 1000 for the digest
 		{l2, "--max-kdf-memory", "32K"},
 		{l2, "--max-kdf-time", "4"},
 	} {
@@ -893,4 +897,86 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// Bounds of TestHostileMaxL1Table: opening (cat, the Go API) must stay
+// fast; info walks all 4Mi tables and may take longer, in bounded memory.
+const (
+	maxL1OpenDeadline = 5 * time.Second
+	maxL1InfoDeadline = 60 * time.Second
+)
+
+// TestHostileMaxL1Table opens a qcow2 image whose L1 table has 4Mi entries
+// (the 32 MiB cap), 512-byte clusters, each entry with its own zeroed L2
+// table (hostile.MaxL1Table: 2 GiB apparent, 32 MiB on disk). `imgfs cat
+// --length 512` and the Go API (qcowio.Open and a 512-byte read) must finish
+// within 5 s and 200 MiB; `imgfs info`, which walks every table, within
+// 200 MiB. Before the open used compact structures they took 34-46 s and
+// ~590 MB: a map and slices over every L1 entry, and a data-map query that
+// loaded all 4Mi tables to find that the first 512 bytes are a hole.
+func TestHostileMaxL1Table(t *testing.T) {
+	dir := t.TempDir()
+	p := hostile.MaxL1Table(t, dir)
+
+	start := time.Now()
+	r := runLimitedFor(t, maxL1OpenDeadline, "cat", "--length", "512", p)
+	took := time.Since(start)
+	if r.code != 0 || len(r.stdout) != 512 || !allZero(r.stdout) {
+		t.Fatalf("cat --length 512: exit %d, %d bytes (zero %v): %s", r.code, len(r.stdout), allZero(r.stdout), r.stderr)
+	}
+	if r.maxRSS > hostileMaxRSS {
+		t.Fatalf("cat peak RSS %d MiB > %d MiB", r.maxRSS>>20, hostileMaxRSS>>20)
+	}
+
+	istart := time.Now()
+	ri := runLimitedFor(t, maxL1InfoDeadline, "info", p)
+	itook := time.Since(istart)
+	if ri.code != 0 || !strings.Contains(string(ri.stdout), "safe") {
+		t.Fatalf("info: exit %d: %s%s", ri.code, ri.stdout, ri.stderr)
+	}
+	if ri.maxRSS > hostileMaxRSS {
+		t.Fatalf("info peak RSS %d MiB > %d MiB", ri.maxRSS>>20, hostileMaxRSS>>20)
+	}
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	astart := time.Now()
+	err := func() error {
+		dev, err := blockdev.OpenFile(p)
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		img, err := qcowio.Open(dev, qcowio.Policy{})
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		if !img.Info().DeferredL2Checks {
+			return errors.New("4Mi L2 tables were walked at open (want deferred checks)")
+		}
+		b := make([]byte, 512)
+		if _, err := img.ReadAt(b, 0); err != nil {
+			return err
+		}
+		if !allZero(b) {
+			return errors.New("the first 512 bytes are not zeros")
+		}
+		_, err = img.NextData(0)
+		return err
+	}()
+	atook := time.Since(astart)
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	switch {
+	case err != nil:
+		t.Fatalf("Go API: %v", err)
+	case atook > maxL1OpenDeadline:
+		t.Fatalf("Go API open, read and NextData took %v > %v", atook, maxL1OpenDeadline)
+	case alloc > hostileMaxAlloc:
+		t.Fatalf("Go API allocated %d MiB > %d MiB", alloc>>20, hostileMaxAlloc>>20)
+	}
+	t.Logf("FIGURE max L1 table (4Mi entries, 4Mi L2 tables): cat --length 512 %v, peak RSS %d MiB; info %v, peak RSS %d MiB; Go API open+read %v, allocated %d MiB",
+		took.Round(time.Millisecond), r.maxRSS>>20, itook.Round(time.Millisecond), ri.maxRSS>>20, atook.Round(time.Millisecond), alloc>>20)
 }

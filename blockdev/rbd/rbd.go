@@ -71,6 +71,22 @@ type Config struct {
 	Timeout time.Duration
 }
 
+// ConfPath returns the ceph.conf Connect reads: ConfFile, else
+// $CEPH_CONF, else DefaultConfFile.
+func (cfg Config) ConfPath() string { return cfg.confFile() }
+
+// Client returns the client name Connect uses ("client.ID").
+func (cfg Config) Client() string {
+	id, err := cfg.clientID()
+	if err != nil {
+		return "client.?"
+	}
+	return "client." + id
+}
+
+// TimeoutOrDefault returns Timeout, or DefaultTimeout when it is zero.
+func (cfg Config) TimeoutOrDefault() time.Duration { return cfg.timeout() }
+
 // confFile returns the ceph.conf path Connect reads.
 func (cfg Config) confFile() string {
 	if cfg.ConfFile != "" {

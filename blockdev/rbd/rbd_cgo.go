@@ -57,6 +57,10 @@ type connectResult struct {
 	err  error
 }
 
+// Supported reports whether this build can reach a Ceph cluster (true:
+// built with cgo and librbd).
+const Supported = true
+
 // Connect reads the configuration, authenticates and returns a connected
 // Cluster. It fails within cfg.Timeout (ErrTimeout) if no mon answers, and
 // returns early with ctx's error if ctx ends first.

@@ -13,6 +13,10 @@ import (
 // Linux, or tag noceph) Connect always fails with ErrNoCeph.
 type Cluster struct{}
 
+// Supported reports whether this build can reach a Ceph cluster (false:
+// built without cgo, librbd or with the noceph tag).
+const Supported = false
+
 // Connect fails with ErrNoCeph: this imgfs was built without librados and
 // librbd.
 func Connect(ctx context.Context, cfg Config) (*Cluster, error) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgfs/imgfs/blockdev"
 )
@@ -15,9 +16,19 @@ import (
 // CacheOptions configure a Cache. Zero values take the defaults.
 type CacheOptions struct {
 	BlockSize int64 // bytes per block; default 1 MiB
-	MaxBytes  int64 // memory bound of loaded blocks; default 256 MiB
-	ReadAhead int   // blocks fetched ahead of a sequential reader; default 8
-	Parallel  int   // concurrent fetches from the device below; default 4
+	// MaxBytes bounds the memory of loaded blocks and of blocks being
+	// fetched; default 256 MiB.
+	MaxBytes int64
+	// ReadAhead caps, in blocks, how far ahead of a sequential reader
+	// blocks are fetched. The window grows with the run (as far ahead as
+	// the run has read); 0 means up to two MaxRequests (at most half of
+	// MaxBytes); negative disables read-ahead.
+	ReadAhead int
+	// MaxRequest caps one request of a sequential run, which grows with
+	// the run from a few blocks to this size. Default DefaultMaxRequest,
+	// and never more than a quarter of MaxBytes.
+	MaxRequest int64
+	Parallel   int // concurrent fetches from the device below; default 4
 	// SmallReadSize: a read of at most this many bytes that is not part of
 	// a sequential run fetches only the SmallReadSize-aligned piece it
 	// needs, not the whole block: qcow2 metadata (64 KiB L2 tables, read
@@ -33,9 +44,17 @@ type CacheOptions struct {
 const (
 	DefaultBlockSize = 1 << 20
 	DefaultCacheSize = 256 << 20
-	DefaultReadAhead = 8
 	DefaultParallel  = 4
 	DefaultSmallRead = 64 << 10
+	// DefaultMaxRequest is the largest request of a long sequential run:
+	// a server's cost per request (about 11 ms for Glance on loopback,
+	// plus a round trip on a real network) is then a small share of each
+	// request's transfer time.
+	DefaultMaxRequest = 64 << 20
+	// seqTolerance is how far, in blocks, a read may start from the end of
+	// the previous one and still continue its sequential run (parallel
+	// readers of consecutive chunks arrive slightly out of order).
+	seqTolerance = 9
 )
 
 // Cache is a Device that keeps fixed-size blocks of the device below in a
@@ -49,9 +68,18 @@ type Cache struct {
 	size    int64
 	nblocks int64
 	sem     chan struct{}
-	ctx     context.Context
-	cancel  context.CancelFunc
-	c       counters
+	maxReq  int64 // blocks per request at most
+	window  int64 // blocks of read-ahead at most
+	// grown is the read-ahead window in blocks that has proved needed:
+	// it starts small and doubles (up to window) each time a sequential
+	// reader has to wait for a block read-ahead asked for, i.e. when the
+	// server's cost per request is not hidden yet. Fast servers keep a
+	// small window (less memory to fault in), slow ones get a large one.
+	grown  int64
+	near   int64 // bytes: sequential-run tolerance
+	ctx    context.Context
+	cancel context.CancelFunc
+	c      counters
 
 	mu       sync.Mutex
 	blocks   map[int64]*cblock
@@ -61,22 +89,33 @@ type Cache struct {
 	free     [][]byte // evicted block buffers for reuse (fresh memory is slow to fault in)
 	lastEnd  int64    // end of the previous read
 	seqBytes int64    // bytes read by the current sequential run
+	// behind is where the sequential reader's drop-behind stands (a
+	// block index) when hashing keeps blocks it has read past.
+	behind atomic.Int64
 
-	vmu     sync.Mutex
-	vhash   hash.Hash
-	vwant   []byte
-	vnext   int64 // next block to hash
+	vmu   sync.Mutex
+	vhash hash.Hash
+	vwant []byte
+	vnext int64 // next block to hash
+	// hashed mirrors vnext for readers that do not hold vmu: blocks
+	// before it may be dropped behind a sequential reader.
+	hashed  atomic.Int64
 	vresult error
 	vdone   bool
 }
 
 type cblock struct {
-	idx   int64
-	piece bool // a SmallReadSize unit, not a block
-	ready chan struct{}
-	data  []byte
-	err   error
-	elem  *list.Element
+	idx      int64
+	piece    bool // a SmallReadSize unit, not a block
+	prefetch bool // claimed by read-ahead
+	// streaming is set once the first unit of the request that loads
+	// this one has arrived: waiting for it then is waiting for bytes on
+	// the wire, not for the server to answer.
+	streaming *atomic.Bool
+	ready     chan struct{}
+	data      []byte
+	err       error
+	elem      *list.Element
 	// refs counts readers copying from data; an evicted block's buffer is
 	// reused only once the last of them is done.
 	refs    int
@@ -97,10 +136,8 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 	if opts.MaxBytes < opts.BlockSize {
 		opts.MaxBytes = opts.BlockSize
 	}
-	if opts.ReadAhead < 0 {
-		opts.ReadAhead = 0
-	} else if opts.ReadAhead == 0 {
-		opts.ReadAhead = DefaultReadAhead
+	if opts.MaxRequest <= 0 {
+		opts.MaxRequest = DefaultMaxRequest
 	}
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
@@ -114,6 +151,18 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 	c := &Cache{d: d, opts: opts, size: d.Size(), sem: make(chan struct{}, opts.Parallel),
 		blocks: map[int64]*cblock{}, pieces: map[int64]*cblock{}}
 	c.nblocks = (c.size + opts.BlockSize - 1) / opts.BlockSize
+	c.maxReq = max(1, min(opts.MaxRequest, opts.MaxBytes/4)/opts.BlockSize)
+	c.near = seqTolerance * opts.BlockSize
+	switch {
+	case opts.ReadAhead < 0:
+		c.window = 0
+	case opts.ReadAhead > 0:
+		c.window = int64(opts.ReadAhead)
+		c.near = int64(opts.ReadAhead+1) * opts.BlockSize
+	default:
+		c.window = max(1, min(2*c.maxReq, opts.MaxBytes/2/opts.BlockSize))
+	}
+	c.grown = min(c.window, initialWindow)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
 		h, want, err := opts.Hash.newHash()
@@ -150,10 +199,12 @@ func (c *Cache) Mode() Mode {
 func (c *Cache) Close() error {
 	c.cancel()
 	c.mu.Lock()
+	for e := c.lru.Front(); e != nil; e = e.Next() {
+		c.used -= int64(len(e.Value.(*cblock).data))
+	}
 	c.blocks = map[int64]*cblock{}
 	c.pieces = map[int64]*cblock{}
 	c.lru.Init()
-	c.used = 0
 	c.mu.Unlock()
 	return nil
 }
@@ -173,20 +224,41 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 		units = c.getRange(first, last, false)
 	}
 	sequential := c.readAhead(off, int64(n), last)
+	starved := false
+	defer func() {
+		if starved {
+			c.grow()
+		}
+	}()
 	dropBefore := int64(-1)
-	if sequential && c.vhash == nil {
+	if sequential {
 		// Drop-behind: a sequential reader will not come back to the blocks
 		// it has read past, so their buffers are reused at once instead of
-		// the cache growing to MaxBytes of stale data.
+		// the cache growing to MaxBytes of stale data. Blocks the checksum
+		// has not taken in yet stay (advanceVerify drops them once hashed).
 		dropBefore = (off + int64(n)) / bs
+		if c.vhash != nil {
+			c.behind.Store(dropBefore)
+			dropBefore = min(dropBefore, c.hashed.Load())
+		}
 	}
 	defer c.release(units, dropBefore)
 	done := 0
 	for _, b := range units {
 		select {
 		case <-b.ready:
-		case <-c.ctx.Done():
-			return done, errSourceClosed
+		default:
+			if sequential && b.prefetch && !starved {
+				c.mu.Lock()
+				st := b.streaming
+				c.mu.Unlock()
+				starved = st == nil || !st.Load()
+			}
+			select {
+			case <-b.ready:
+			case <-c.ctx.Done():
+				return done, errSourceClosed
+			}
 		}
 		if b.err != nil {
 			return done, b.err
@@ -226,16 +298,29 @@ func (c *Cache) mapFor(piece bool) map[int64]*cblock {
 // readAhead detects sequential reading and fetches the blocks after it. A
 // read counts as sequential when it starts near the end of the previous one
 // (parallel readers of consecutive chunks arrive slightly out of order).
-// Read-ahead starts once a run has covered two blocks and grows with the
-// run up to ReadAhead blocks, so scattered header reads fetch nothing extra.
+// Read-ahead starts once a run has covered two blocks and its window grows
+// with the run — as far ahead as the run has read, up to c.grown blocks —
+// so scattered header reads fetch nothing extra. The window is refilled
+// only once half of it is missing, so each request is about half the
+// window: requests double as the run goes on (4, 8, 16 … MiB, rclone's
+// chunk doubling), up to c.maxReq blocks, and about two are in flight.
+// c.grown itself doubles (grow, up to c.window) while the reader waits for
+// requests the server has not started answering, so a server's cost per
+// request (Glance: about 11 ms on loopback, more behind a load balancer or
+// across a WAN) is paid once per tens of MiB and hidden behind the other
+// request's transfer, while a fast server keeps a small window.
 func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
-	if c.opts.ReadAhead == 0 {
+	if c.window == 0 {
 		return false
 	}
 	bs := c.opts.BlockSize
-	window := int64(c.opts.ReadAhead+1) * bs
 	c.mu.Lock()
-	if off >= c.lastEnd-window && off <= c.lastEnd+window && c.seqBytes > 0 {
+	// A reader may lag behind a long run by as much as the run's window:
+	// parallel readers (cat's workers, the kernel's read-ahead) wait on
+	// large requests in turn.
+	grown := c.grown
+	behind := max(c.near, min(c.seqBytes, grown*bs))
+	if off >= c.lastEnd-behind && off <= c.lastEnd+c.near && c.seqBytes > 0 {
 		c.seqBytes += n
 		c.lastEnd = max(c.lastEnd, off+n)
 	} else {
@@ -245,25 +330,48 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	ahead := int64(0)
 	sequential = c.seqBytes >= 2*bs
 	if sequential {
-		ahead = min(int64(c.opts.ReadAhead), c.seqBytes/bs)
+		ahead = min(grown, c.seqBytes/bs)
 	}
+	// The window starts at the run's furthest read, not at this read: a
+	// parallel reader that is behind must not fetch again the blocks that
+	// one ahead of it has already read and dropped.
+	front := max(last, (c.lastEnd-1)/bs)
 	c.mu.Unlock()
-	if ahead == 0 || last+1 >= c.nblocks {
+	if ahead == 0 || front+1 >= c.nblocks {
 		return sequential
 	}
-	// Fetch in batches: only once half of the window is missing, so that
-	// the missing blocks go out as a few large requests, not one each.
-	end := min(last+ahead, c.nblocks-1)
+	end := min(front+ahead, c.nblocks-1)
+	if c.vhash != nil {
+		// The hash takes blocks in order from the first; blocks the
+		// reads skipped (the header, read in small pieces) are fetched
+		// now, or the hash would wait for them until Verify.
+		if h := c.hashed.Load(); h < front {
+			c.mu.Lock()
+			_, ok := c.blocks[h]
+			c.mu.Unlock()
+			if !ok {
+				c.getRange(h, min(h+c.maxReq-1, front), true)
+			}
+		}
+		// Hashing (sha512: 400-700 MB/s a core) may be slower than the
+		// network. Unhashed blocks must stay cached, so read-ahead waits
+		// for the hash rather than outrun it and have the LRU evict
+		// blocks the hash still needs (Verify would fetch them again).
+		end = min(end, c.hashed.Load()+grown)
+		if end <= front {
+			return sequential
+		}
+	}
 	missing := int64(0)
 	c.mu.Lock()
-	for i := last + 1; i <= end; i++ {
+	for i := front + 1; i <= end; i++ {
 		if _, ok := c.blocks[i]; !ok {
 			missing++
 		}
 	}
 	c.mu.Unlock()
-	if missing*2 >= end-last || end == c.nblocks-1 {
-		c.getRange(last+1, end, true)
+	if missing*2 >= ahead || (end == c.nblocks-1 && missing > 0) {
+		c.getRange(front+1, end, true)
 	}
 	return sequential
 }
@@ -300,21 +408,34 @@ func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 	m[idx] = b
 	if prefetch {
 		c.c.readAhead.Add(1)
+		b.prefetch = true
 	} else {
 		c.c.misses.Add(1)
 	}
 	return b, true
 }
 
-// maxRunBytes bounds one request for consecutive missing blocks.
-const maxRunBytes = 8 << 20
+// initialWindow is the read-ahead window, in blocks, before it grows.
+const initialWindow = 8
+
+// grow doubles the read-ahead window, up to c.window.
+func (c *Cache) grow() {
+	c.mu.Lock()
+	if c.seqBytes/c.opts.BlockSize < 2*c.grown {
+		// The run is still shorter than the window: read-ahead was
+		// limited by the run's length, not by the window.
+		c.mu.Unlock()
+		return
+	}
+	c.grown = min(2*c.grown, c.window)
+	c.mu.Unlock()
+}
 
 // getRange returns blocks [first, last], loading the missing ones with one
-// request per run of consecutive missing blocks (at most maxRunBytes):
+// request per run of consecutive missing blocks (at most c.maxReq blocks):
 // fewer, larger requests for sequential readers.
 func (c *Cache) getRange(first, last int64, prefetch bool) []*cblock {
 	out := make([]*cblock, 0, last-first+1)
-	maxRun := max(1, maxRunBytes/c.opts.BlockSize)
 	var run []*cblock
 	flush := func() {
 		if len(run) > 0 {
@@ -330,7 +451,7 @@ func (c *Cache) getRange(first, last int64, prefetch bool) []*cblock {
 			continue
 		}
 		run = append(run, b)
-		if int64(len(run)) >= maxRun {
+		if int64(len(run)) >= c.maxReq {
 			flush()
 		}
 	}
@@ -338,15 +459,24 @@ func (c *Cache) getRange(first, last int64, prefetch bool) []*cblock {
 	return out
 }
 
+// eachVectorReader is implemented by devices that can say, during one
+// vectored read, when each buffer is complete (HTTP: as the body streams
+// by), so that the blocks of a large request are served as they arrive.
+type eachVectorReader interface {
+	ReadVecEach(bufs [][]byte, off int64, done func(i int)) error
+}
+
 // load fetches a run of consecutive units with one read (one HTTP range
 // request: ReadVec) straight into the units' own buffers, at most Parallel
-// reads at a time.
+// reads at a time. Each unit is ready as soon as its bytes are in, not
+// when the whole run is. The run's memory counts against MaxBytes from the
+// moment it is allocated.
 func (c *Cache) load(run []*cblock) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-c.ctx.Done():
 		for _, b := range run {
-			c.finish(b, nil, errSourceClosed)
+			c.finish(b, nil, 0, errSourceClosed)
 		}
 		return
 	}
@@ -354,6 +484,7 @@ func (c *Cache) load(run []*cblock) {
 	start := run[0].idx * u
 	end := min((run[len(run)-1].idx+1)*u, c.size)
 	bufs := make([][]byte, len(run))
+	var total int64
 	for i, b := range run {
 		n := min((b.idx+1)*u, end) - b.idx*u
 		if b.piece {
@@ -361,18 +492,66 @@ func (c *Cache) load(run []*cblock) {
 		} else {
 			bufs[i] = c.allocBlock(n)
 		}
+		total += n
 	}
-	err := blockdev.ReadVec(c.d, bufs, start)
-	<-c.sem
-	for i, b := range run {
-		if err != nil {
-			c.finish(b, nil, err)
-			if !b.piece {
-				c.recycle(bufs[i])
+	c.reserve(total)
+	streaming := new(atomic.Bool)
+	c.mu.Lock()
+	for _, b := range run {
+		b.streaming = streaming
+	}
+	c.mu.Unlock()
+	finished := 0
+	var err error
+	if er, ok := c.d.(eachVectorReader); ok {
+		err = er.ReadVecEach(bufs, start, func(i int) {
+			streaming.Store(true)
+			c.finish(run[i], bufs[i], int64(len(bufs[i])), nil)
+			finished = i + 1
+		})
+	} else {
+		err = blockdev.ReadVec(c.d, bufs, start)
+		if err == nil {
+			for i, b := range run {
+				c.finish(b, bufs[i], int64(len(bufs[i])), nil)
 			}
-			continue
+			finished = len(run)
 		}
-		c.finish(b, bufs[i], nil)
+	}
+	<-c.sem
+	if err == nil && finished < len(run) {
+		err = fmt.Errorf("read of %d bytes at %d ended after %d of %d units", end-start, start, finished, len(run))
+	}
+	for i := finished; i < len(run); i++ {
+		c.finish(run[i], nil, int64(len(bufs[i])), err)
+		if !run[i].piece {
+			c.recycle(bufs[i])
+		}
+	}
+}
+
+// reserve counts n bytes being fetched against MaxBytes, evicting the
+// least recently used blocks to make room.
+func (c *Cache) reserve(n int64) {
+	c.mu.Lock()
+	c.used += n
+	c.evictLocked(0)
+	c.mu.Unlock()
+}
+
+// evictLocked drops least recently used units until the memory bound
+// holds, keeping at least keep of them (the one just loaded). c.mu is held.
+func (c *Cache) evictLocked(keep int) {
+	for c.used > c.opts.MaxBytes && c.lru.Len() > keep {
+		old := c.lru.Remove(c.lru.Back()).(*cblock)
+		old.elem = nil
+		delete(c.mapFor(old.piece), old.idx)
+		c.used -= int64(len(old.data))
+		old.evicted = true
+		if old.refs == 0 && !old.piece {
+			c.recycleLocked(old.data)
+			old.data = nil
+		}
 	}
 }
 
@@ -399,7 +578,7 @@ func (c *Cache) recycle(b []byte) {
 }
 
 func (c *Cache) recycleLocked(b []byte) {
-	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize/4+1 {
+	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize {
 		c.free = append(c.free, b)
 	}
 }
@@ -426,31 +605,27 @@ func (c *Cache) release(units []*cblock, dropBefore int64) {
 	c.mu.Unlock()
 }
 
-func (c *Cache) finish(b *cblock, data []byte, err error) {
+// finish ends the fetch of b: data (reserved bytes long, counted in
+// c.used since reserve) or err. A unit that was dropped meanwhile (Close)
+// gives its reservation back at once.
+func (c *Cache) finish(b *cblock, data []byte, reserved int64, err error) {
 	c.mu.Lock()
 	m := c.mapFor(b.piece)
-	if err != nil {
+	switch {
+	case err != nil:
 		b.err = err
+		c.used -= reserved
 		if m[b.idx] == b {
 			delete(m, b.idx) // not cached: the next read retries
 		}
-	} else {
+	case m[b.idx] == b:
 		b.data = data
-		if m[b.idx] == b {
-			b.elem = c.lru.PushFront(b)
-			c.used += int64(len(data))
-			for c.used > c.opts.MaxBytes && c.lru.Len() > 1 {
-				old := c.lru.Remove(c.lru.Back()).(*cblock)
-				old.elem = nil
-				delete(c.mapFor(old.piece), old.idx)
-				c.used -= int64(len(old.data))
-				old.evicted = true
-				if old.refs == 0 && !old.piece {
-					c.recycleLocked(old.data)
-					old.data = nil
-				}
-			}
-		}
+		b.elem = c.lru.PushFront(b)
+		c.evictLocked(1)
+	default:
+		b.data = data
+		b.evicted = true
+		c.used -= reserved
 	}
 	c.mu.Unlock()
 	close(b.ready)
@@ -480,8 +655,9 @@ func (c *Cache) advanceVerify(wait bool) {
 			return
 		}
 		c.vhash.Write(b.data)
-		c.release([]*cblock{b}, -1)
 		c.vnext++
+		c.hashed.Store(c.vnext)
+		c.release([]*cblock{b}, c.behind.Load())
 	}
 }
 
@@ -501,19 +677,26 @@ func (c *Cache) Verify(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		b := c.get(c.vnext, false, false)
-		select {
-		case <-b.ready:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if b.err != nil {
+		// What the reads left unhashed is fetched in runs of up to
+		// maxReq blocks, not block by block.
+		units := c.getRange(c.vnext, min(c.vnext+c.maxReq, c.nblocks)-1, false)
+		for i, b := range units {
+			var err error
+			select {
+			case <-b.ready:
+				err = b.err
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			if err != nil {
+				c.release(units[i:], -1)
+				return err
+			}
+			c.vhash.Write(b.data)
 			c.release([]*cblock{b}, -1)
-			return b.err
+			c.vnext++
+			c.hashed.Store(c.vnext)
 		}
-		c.vhash.Write(b.data)
-		c.release([]*cblock{b}, -1)
-		c.vnext++
 	}
 	c.vdone = true
 	if got := c.vhash.Sum(nil); !bytes.Equal(got, c.vwant) {

@@ -29,7 +29,7 @@ func TestCacheSequentialReaderDropsBehind(t *testing.T) {
 	c.mu.Lock()
 	used, free := c.used, len(c.free)
 	c.mu.Unlock()
-	if limit := int64(DefaultReadAhead+2) << 20; used > limit {
+	if limit := int64(10 << 20); used > limit { // all was read: at most a few blocks in use
 		t.Fatalf("after a 48 MiB sequential read the cache holds %d bytes, want <= %d (drop-behind)", used, limit)
 	}
 	if free == 0 {

@@ -286,7 +286,7 @@ func (h *HTTP) probe(ctx context.Context) error {
 	one := make([]byte, 1)
 	err := h.withRetry(ctx, func() error {
 		var err error
-		total, err = h.rangeOnce(ctx, [][]byte{one}, 0, true)
+		total, err = h.rangeOnce(ctx, [][]byte{one}, 0, true, nil)
 		return err
 	})
 	var sw *switchError
@@ -354,6 +354,14 @@ func (h *HTTP) ReadAt(p []byte, off int64) (int, error) {
 // buffer. In sequential mode it reads each buffer from the stream. The
 // range must lie within the object.
 func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
+	return h.ReadVecEach(bufs, off, nil)
+}
+
+// ReadVecEach is ReadVecAt that calls done(i), in order and before it
+// returns, as soon as bufs[i] is complete, so that a caller can use the
+// first blocks of a large request while the rest is still on the wire. A
+// request that breaks off is retried for the buffers not yet complete only.
+func (h *HTTP) ReadVecEach(bufs [][]byte, off int64, done func(i int)) error {
 	var total int64
 	for _, b := range bufs {
 		total += int64(len(b))
@@ -362,14 +370,30 @@ func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
 		return fmt.Errorf("%s: read of %d bytes at %d: past the end (%d bytes): %w", h.name, total, off, h.size, io.ErrUnexpectedEOF)
 	}
 	if total == 0 {
+		for i := range bufs {
+			if done != nil {
+				done(i)
+			}
+		}
 		return nil
 	}
 	h.mu.Lock()
 	s := h.seq
 	h.mu.Unlock()
+	next := 0 // bufs before next are complete
 	if s == nil {
 		err := h.withRetry(h.ctx, func() error {
-			_, err := h.rangeOnce(h.ctx, bufs, off, false)
+			from := next
+			at := off
+			for _, b := range bufs[:from] {
+				at += int64(len(b))
+			}
+			_, err := h.rangeOnce(h.ctx, bufs[from:], at, false, func(i int) {
+				next = from + i + 1
+				if done != nil {
+					done(from + i)
+				}
+			})
 			return err
 		})
 		var sw *switchError
@@ -383,9 +407,14 @@ func (h *HTTP) ReadVecAt(bufs [][]byte, off int64) error {
 		s = h.seq
 		h.mu.Unlock()
 	}
-	for _, b := range bufs {
-		if err := s.readAt(b, off); err != nil {
-			return err
+	for i, b := range bufs {
+		if i >= next {
+			if err := s.readAt(b, off); err != nil {
+				return err
+			}
+			if done != nil {
+				done(i)
+			}
 		}
 		off += int64(len(b))
 	}
@@ -530,10 +559,10 @@ type switchError struct {
 func (e *switchError) Error() string { return "server does not honour Range: " + e.status }
 
 // rangeOnce sends one range request for the bytes at off that fill bufs,
-// in order, and fills them. probe allows the answer to say only the total
-// size (1-byte request). It returns the total size from Content-Range (-1
-// if "*").
-func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bool) (int64, error) {
+// in order, and fills them, calling filled(i) (if not nil) as each buffer
+// is complete. probe allows the answer to say only the total size (1-byte
+// request). It returns the total size from Content-Range (-1 if "*").
+func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bool, filled func(i int)) (int64, error) {
 	want := 0
 	for _, b := range bufs {
 		want += len(b)
@@ -605,12 +634,15 @@ func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bo
 		return -1, fmt.Errorf("%s: %s: Content-Length %d does not match Content-Range %q: %w", h.name, what, resp.ContentLength, cr, ErrRemote)
 	}
 	var n int
-	for _, b := range bufs {
+	for i, b := range bufs {
 		var m int
 		m, err = io.ReadFull(resp.Body, b)
 		n += m
 		if err != nil {
 			break
+		}
+		if filled != nil {
+			filled(i)
 		}
 	}
 	h.c.bytes.Add(int64(n))

@@ -46,7 +46,7 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

@@ -137,7 +137,7 @@ func encryptCommand() *cli.Command {
 // encrypt writes INPUT spec encrypted with pass to outPath and returns the
 // plaintext's virtual size.
 func (x encryption) encrypt(ctx context.Context, spec, outPath string, pass []byte) (size int64, err error) {
-	img, err := imgfs.Open(ctx, spec, x.input)
+	img, err := openImage(ctx, spec, x.input)
 	if errors.Is(err, luksio.ErrKeyRequired) {
 		return 0, fmt.Errorf("%s: the image is already encrypted; use `imgfs export --to luks` for a raw LUKS copy", spec)
 	}

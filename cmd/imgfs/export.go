@@ -68,7 +68,7 @@ func exportCommand() *cli.Command {
 			// A raw LUKS volume exported to LUKS is its stored bytes: no
 			// key is needed, so the image is opened as stored first.
 			opts.StoredOnly = to == exportLUKS
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

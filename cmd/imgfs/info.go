@@ -31,7 +31,7 @@ func infoCommand() *cli.Command {
 				return err
 			}
 			opts.StoredOnly = true
-			img, err := imgfs.Open(c.Context, c.Args().First(), opts)
+			img, err := openImage(c.Context, c.Args().First(), opts)
 			if err != nil {
 				return err
 			}

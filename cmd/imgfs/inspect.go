@@ -54,7 +54,7 @@ func inspectCommand() *cli.Command {
 			counter := &countingDevice{}
 			opts.StoredOnly = true
 			opts.WrapStored = func(d blockdev.Device) blockdev.Device { counter.Device = d; return counter }
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

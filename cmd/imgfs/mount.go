@@ -117,7 +117,7 @@ func mountCommand() *cli.Command {
 				co.AllowOther, co.Debug, co.Logger = allowOther, debug, logger
 				return serve(spec, dir, func() (*fusefs.Server, error) { return fusefs.MountCatalog(dir, co) }, readyFD, logFile)
 			}
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/imgfs/imgfs"
+	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/remote"
 	"github.com/imgfs/imgfs/keyring"
 	"github.com/imgfs/imgfs/luksio"
@@ -35,9 +36,9 @@ func (k *keyFlags) flags() []cli.Flag {
 		&cli.StringFlag{Name: "passphrase-file", Destination: &k.passphraseFile, Usage: "read the LUKS passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 		&cli.StringFlag{Name: "key-file", Destination: &k.keyFile, Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase (OpenStack's rule)"},
 		&cli.IntFlag{Name: "key-slot", Value: -1, Destination: &k.slot, Usage: "try only keyslot `N` (default: every active slot)"},
-		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Destination: &k.maxMemory, Usage: "refuse argon2 keyslots needing more than `SIZE` of memory"},
-		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Destination: &k.maxIterations, Usage: "refuse PBKDF2 keyslots and digests with more than `N` iterations"},
-		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Destination: &k.maxTime, Usage: "refuse argon2 keyslots with more than `N` passes"},
+		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Destination: &k.maxMemory, Usage: "refuse argon2 keyslots needing more than `SIZE` of memory (one budget for the whole unlock)"},
+		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Destination: &k.maxIterations, Usage: "stop unlocking once the keyslots and digests tried would cost more than `N` PBKDF2 iterations in all"},
+		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Destination: &k.maxTime, Usage: "bound argon2 work: memory × passes summed over the keyslots tried stays within --max-kdf-memory × `N`"},
 	}
 }
 
@@ -101,12 +102,15 @@ func (f *formatFlags) apply(o *imgfs.Options, name string, allowed ...string) er
 	return usageError("--%s %q: want %s", name, f.format, strings.Join(allowed, ", "))
 }
 
-// sourceFlags select and tune remote sources (http(s) URLs, Glance images)
-// and the Barbican key.
+// sourceFlags select and tune remote sources (http(s) URLs, Glance images,
+// RBD images) and the Barbican key.
 type sourceFlags struct {
 	cloud, keyID, cacheDir, cacheSize, blockSize string
 	parallel                                     int
 	stallTimeout                                 time.Duration
+	cephConf, cephID                             string
+	cephTimeout                                  time.Duration
+	noDirect                                     bool
 }
 
 func (s *sourceFlags) flags() []cli.Flag {
@@ -118,6 +122,10 @@ func (s *sourceFlags) flags() []cli.Flag {
 		&cli.StringFlag{Name: "block-size", Value: "1MiB", Destination: &s.blockSize, Usage: "unit of remote reads and of the cache"},
 		&cli.IntFlag{Name: "parallel", Value: remote.DefaultParallel, Destination: &s.parallel, Usage: "concurrent requests to a remote source (read-ahead uses them)"},
 		&cli.DurationFlag{Name: "http-stall-timeout", Value: remote.DefaultStallTimeout, Destination: &s.stallTimeout, Usage: "abandon and retry (like a reset connection) a remote request that receives nothing, headers or body, for `DURATION`"},
+		&cli.StringFlag{Name: "ceph-conf", EnvVars: []string{"CEPH_CONF"}, Value: rbd.DefaultConfFile, Destination: &s.cephConf, Usage: "ceph.conf `FILE` (mons, keyring) for rbd:POOL/IMAGE[@SNAP] and Glance images stored in RBD"},
+		&cli.StringFlag{Name: "ceph-id", Destination: &s.cephID, Usage: "Ceph client `ID` without \"client.\" (default as the rbd CLI: --id/--user/--name in $CEPH_ARGS, else admin)"},
+		&cli.DurationFlag{Name: "ceph-timeout", Value: rbd.DefaultTimeout, Destination: &s.cephTimeout, Usage: "fail (or, for a Glance image, fall back to HTTP) when the Ceph cluster does not answer a connect or a read within `DURATION`"},
+		&cli.BoolFlag{Name: "no-direct", Destination: &s.noDirect, Usage: "read Glance images through Glance's API even when their rbd:// location is reachable"},
 	}
 }
 
@@ -125,7 +133,12 @@ func (s *sourceFlags) apply(o *imgfs.Options) error {
 	o.Cloud, o.KeyID = s.cloud, s.keyID
 	o.HTTP = remote.HTTPOptions{CacheDir: s.cacheDir, StallTimeout: s.stallTimeout}
 	o.Cache = remote.CacheOptions{Parallel: s.parallel}
+	o.Ceph = rbd.Config{ConfFile: s.cephConf, ID: s.cephID, Timeout: s.cephTimeout}
+	o.NoDirect = s.noDirect
 	var err error
+	if s.cephTimeout <= 0 {
+		return usageError("--ceph-timeout %s: want a positive duration (30s, 1m)", s.cephTimeout)
+	}
 	if s.stallTimeout <= 0 {
 		return usageError("--http-stall-timeout %s: want a positive duration (30s, 1m)", s.stallTimeout)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -147,4 +148,17 @@ func sourceArg(name string, args []string, extra ...string) error {
 		return usageError("%s: want %s", name, strings.Join(append([]string{"SOURCE"}, extra...), " "))
 	}
 	return nil
+}
+
+// openImage opens SOURCE and says once, on stderr, why a Glance image
+// stored in RBD is read over Glance's API instead of directly.
+func openImage(ctx context.Context, spec string, opts imgfs.Options) (*imgfs.Image, error) {
+	img, err := imgfs.Open(ctx, spec, opts)
+	if err != nil {
+		return nil, err
+	}
+	if n := img.DirectNote(); n != "" {
+		fmt.Fprintf(os.Stderr, "imgfs: %s\n", safeText(n))
+	}
+	return img, nil
 }

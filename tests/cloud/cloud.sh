@@ -178,7 +178,8 @@ write_configs() {
 rbd_store_pool = $CEPH_POOL
 rbd_store_user = $CEPH_USER
 rbd_store_ceph_conf = $CEPH_CONF_FILE
-rbd_store_chunk_size = 8"
+rbd_store_chunk_size = 8
+rbd_thin_provisioning = True"
   fi
 
   # --- keystone

@@ -513,3 +513,50 @@ func EditLUKS2Raw(t testing.TB, path string, edit func(js []byte, area int) []by
 		t.Fatal(err)
 	}
 }
+
+// MaxL1Entries is the L1 table of MaxL1Table: 4Mi entries, the 32 MiB cap.
+const MaxL1Entries = 4 << 20
+
+// MaxL1Table makes a qcow2 image (qemu-img create, 512-byte clusters, a
+// 128 GiB disk) whose L1 table has MaxL1Entries entries, the 32 MiB that
+// imgfs accepts, each pointing to an L2 table of its own. The L2 tables are
+// zeroed clusters appended after qemu's metadata, so the file is sparse:
+// about 2 GiB apparent, 32 MiB written. The image is valid (it reads as
+// zeros); it is hostile by its size: opening it must not build structures
+// over 4Mi table references that cost hundreds of MiB.
+func MaxL1Table(t testing.TB, dir string) string {
+	t.Helper()
+	const cluster = 512
+	const size = MaxL1Entries * (cluster / 8) * cluster // 64 entries per L2 table
+	p := filepath.Join(dir, "max-l1.qcow2")
+	testimg.QemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p, fmt.Sprint(size))
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	hdr := make([]byte, 104)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		t.Fatal(err)
+	}
+	l := layout(hdr)
+	if n := be.Uint32(hdr[36:]); l.clusterBits != 9 || n != MaxL1Entries {
+		t.Fatalf("qemu-img made cluster_bits %d, l1_size %d; want 9, %d", l.clusterBits, n, MaxL1Entries)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := (st.Size() + cluster - 1) / cluster * cluster
+	l1 := make([]byte, 8*MaxL1Entries)
+	for i := range int64(MaxL1Entries) {
+		be.PutUint64(l1[8*i:], uint64(first+i*cluster)|copiedFlag)
+	}
+	if _, err := f.WriteAt(l1, l.l1Off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(first + MaxL1Entries*cluster); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
