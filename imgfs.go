@@ -27,6 +27,7 @@ import (
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/rbd"
 	"github.com/imgfs/imgfs/blockdev/remote"
+	"github.com/imgfs/imgfs/cloud"
 	"github.com/imgfs/imgfs/keyring"
 	"github.com/imgfs/imgfs/luksio"
 	"github.com/imgfs/imgfs/qcowio"
@@ -71,6 +72,10 @@ type Options struct {
 	// Cloud is the clouds.yaml entry for Glance and Barbican; "" means
 	// $OS_CLOUD, else the OS_* variables.
 	Cloud string
+	// Session, if set, is an authenticated session (cloud.Connect) that
+	// Glance and Barbican requests use instead of connecting anew: a
+	// program opening many images authenticates once.
+	Session *cloud.Session
 	// HTTP tunes http(s) and Glance sources (stall timeout, cache dir).
 	HTTP remote.HTTPOptions
 	// Cache tunes the block cache in front of remote sources.

@@ -79,7 +79,7 @@ func openSource(ctx context.Context, spec string, opts Options) (*source, error)
 		return nil, err
 	}
 	if opts.KeyID != "" && !opts.NoKey {
-		src.key = cloud.BarbicanKey(opts.Cloud, nil, opts.KeyID)
+		src.key = cloud.BarbicanKey(opts.Cloud, opts.Session, opts.KeyID)
 	}
 	return src, nil
 }
@@ -106,9 +106,12 @@ func openHTTP(ctx context.Context, spec string, opts Options) (*source, error) {
 }
 
 func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
-	sess, err := cloud.Connect(ctx, opts.Cloud)
-	if err != nil {
-		return nil, fmt.Errorf("glance image %s: %w", id, err)
+	sess := opts.Session
+	if sess == nil {
+		var err error
+		if sess, err = cloud.Connect(ctx, opts.Cloud); err != nil {
+			return nil, fmt.Errorf("glance image %s: %w", id, err)
+		}
 	}
 	tokenAt := time.Now()
 	img, err := sess.GetReadableImage(ctx, id)

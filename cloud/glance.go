@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev/remote"
 
@@ -37,6 +38,10 @@ type GlanceImage struct {
 	ID, Name, DiskFormat, ContainerFormat, Status string
 	Size                                          int64
 	Checksum                                      string // md5
+	// Visibility, Owner, Tags and Created are what Glance lists them as.
+	Visibility, Owner string
+	Tags              []string
+	Created           time.Time
 	// Properties are the image's custom properties (os_encrypt_*, ...).
 	Properties map[string]any
 	// DirectURL is the image's direct_url (shown when Glance has
@@ -172,7 +177,8 @@ func ParseImage(body []byte) (*GlanceImage, error) {
 
 func fromGophercloud(img *images.Image) *GlanceImage {
 	g := &GlanceImage{ID: img.ID, Name: img.Name, DiskFormat: img.DiskFormat, ContainerFormat: img.ContainerFormat,
-		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties}
+		Status: string(img.Status), Size: img.SizeBytes, Checksum: img.Checksum, Properties: img.Properties,
+		Visibility: string(img.Visibility), Owner: img.Owner, Tags: img.Tags, Created: img.CreatedAt}
 	g.takeLocations()
 	return g
 }

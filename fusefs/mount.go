@@ -125,34 +125,20 @@ type Server struct {
 	dir    string
 	server *fuse.Server
 	errs   *errorLog
+	// catalog is the state of a catalog mount (nil for one image).
+	catalog *catalog
 }
 
 // Mount mounts the image at dir and starts serving it. It returns once the
 // kernel has accepted the mount.
 func Mount(dir string, opts Options) (*Server, error) {
-	if opts.Disk == nil {
-		return nil, errors.New("fusefs: no disk to mount")
-	}
-	abs, err := filepath.Abs(dir)
+	specs, err := imageFiles(opts)
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(abs)
+	abs, logger, err := prepareMount(dir, opts.AllowOther, opts.Logger)
 	if err != nil {
-		return nil, fmt.Errorf("mountpoint: %w", err)
-	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("mountpoint %s is not a directory", abs)
-	}
-	if err := CheckFuse(); err != nil {
 		return nil, err
-	}
-	if opts.AllowOther && os.Geteuid() != 0 && !fuseConfAllowsOther(fuseConf) {
-		return nil, fmt.Errorf("allow_other: only root may use it unless %s has a `user_allow_other` line (or mount without --allow-other)", fuseConf)
-	}
-	logger := opts.Logger
-	if logger == nil {
-		logger = log.New(os.Stderr, "", 0)
 	}
 	errs := &errorLog{logger: logger}
 	fileMode, dirMode := uint32(0o400), uint32(0o500)
@@ -162,41 +148,103 @@ func Mount(dir string, opts Options) (*Server, error) {
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
 	now := time.Now()
 	root := &rootNode{mode: dirMode, uid: uid, gid: gid, mtime: now}
-	newFile := func(name string, dev blockdev.Device, allocated int64) *fileNode {
-		n := &fileNode{name: name, dev: dev, mode: fileMode, uid: uid, gid: gid, mtime: now, errs: errs}
-		n.mapper, _ = dev.(blockdev.Mapper)
-		n.blocks = uint64(dev.Size()+511) / 512
-		if allocated > 0 && allocated < dev.Size() {
-			n.blocks = uint64(allocated+511) / 512
+	for _, f := range specs {
+		if f.live != nil {
+			root.files = append(root.files, namedFile{f.name, &liveNode{content: f.live, mode: fileMode, uid: uid, gid: gid, mtime: now}})
+			continue
 		}
-		return n
+		n := &fileNode{name: f.name, dev: f.dev, mode: fileMode, uid: uid, gid: gid, mtime: now, errs: errs, blocks: f.blocks}
+		n.mapper, _ = f.dev.(blockdev.Mapper)
+		root.files = append(root.files, namedFile{f.name, n})
 	}
-	root.files = append(root.files, namedFile{DiskName, newFile(DiskName, opts.Disk, opts.DiskAllocated)})
+	server, err := fs.Mount(abs, root, fsOptions(opts.FsName, opts.AllowOther, opts.Debug, cacheTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", abs, explainMountError(err, opts.AllowOther))
+	}
+	raiseReadahead(abs)
+	return &Server{dir: abs, server: server, errs: errs}, nil
+}
+
+// prepareMount checks the mountpoint, FUSE and allow_other, and returns
+// the absolute mountpoint and the logger for device errors.
+func prepareMount(dir string, allowOther bool, logger *log.Logger) (string, *log.Logger, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return "", nil, fmt.Errorf("mountpoint: %w", err)
+	}
+	if !st.IsDir() {
+		return "", nil, fmt.Errorf("mountpoint %s is not a directory", abs)
+	}
+	if err := CheckFuse(); err != nil {
+		return "", nil, err
+	}
+	if allowOther && os.Geteuid() != 0 && !fuseConfAllowsOther(fuseConf) {
+		return "", nil, fmt.Errorf("allow_other: only root may use it unless %s has a `user_allow_other` line (or mount without --allow-other)", fuseConf)
+	}
+	if logger == nil {
+		logger = log.New(os.Stderr, "", 0)
+	}
+	return abs, logger, nil
+}
+
+// fileSpec is one file of an image's directory: a device, or (live set) a
+// file made anew at each open.
+type fileSpec struct {
+	name   string
+	dev    blockdev.Device
+	blocks uint64 // st_blocks
+	live   func() []byte
+}
+
+// imageFiles lists the files a mount of opts shows, in order.
+func imageFiles(opts Options) ([]fileSpec, error) {
+	if opts.Disk == nil {
+		return nil, errors.New("fusefs: no disk to mount")
+	}
+	dev := func(name string, d blockdev.Device, allocated int64) fileSpec {
+		f := fileSpec{name: name, dev: d, blocks: uint64(d.Size()+511) / 512}
+		if allocated > 0 && allocated < d.Size() {
+			f.blocks = uint64(allocated+511) / 512
+		}
+		return f
+	}
+	files := []fileSpec{dev(DiskName, opts.Disk, opts.DiskAllocated)}
 	if opts.Encrypted != nil {
-		root.files = append(root.files, namedFile{EncryptedName, newFile(EncryptedName, opts.Encrypted, 0)})
+		files = append(files, dev(EncryptedName, opts.Encrypted, 0))
 	}
 	if opts.RawLUKS != nil {
-		root.files = append(root.files, namedFile{RawLUKSName, newFile(RawLUKSName, opts.RawLUKS, 0)})
+		files = append(files, dev(RawLUKSName, opts.RawLUKS, 0))
 	}
 	if opts.Stats != nil {
-		root.files = append(root.files, namedFile{StatsName, &liveNode{content: opts.Stats, mode: fileMode, uid: uid, gid: gid, mtime: now}})
+		files = append(files, fileSpec{name: StatsName, live: opts.Stats})
 	}
-	root.files = append(root.files, namedFile{ImageJSONName, newFile(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0)})
+	files = append(files, dev(ImageJSONName, bytes.NewReader(opts.ImageJSON), 0))
 	for _, f := range opts.Extra {
-		for _, have := range root.files {
+		for _, have := range files {
 			if have.name == f.Name {
 				return nil, fmt.Errorf("fusefs: two files named %q", f.Name)
 			}
 		}
-		root.files = append(root.files, namedFile{f.Name, newFile(f.Name, f.Dev, 0)})
+		if f.Dev == nil {
+			return nil, fmt.Errorf("fusefs: file %q has no device", f.Name)
+		}
+		files = append(files, dev(f.Name, f.Dev, 0))
 	}
+	return files, nil
+}
 
-	name := opts.FsName
+// fsOptions are go-fuse's options for a read-only imgfs mount whose names
+// and attributes the kernel may trust for timeout.
+func fsOptions(name string, allowOther, debug bool, timeout time.Duration) *fs.Options {
 	if name == "" {
 		name = "imgfs"
 	}
-	timeout := cacheTimeout
-	fsOpts := &fs.Options{
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	return &fs.Options{
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
@@ -205,7 +253,7 @@ func Mount(dir string, opts Options) (*Server, error) {
 		MountOptions: fuse.MountOptions{
 			FsName:        name,
 			Name:          "imgfs",
-			AllowOther:    opts.AllowOther,
+			AllowOther:    allowOther,
 			Options:       []string{"ro", "default_permissions", "nodev", "nosuid", "noexec"},
 			MaxWrite:      maxRequest,
 			MaxReadAhead:  maxRequest,
@@ -214,16 +262,10 @@ func Mount(dir string, opts Options) (*Server, error) {
 			// Replies are built from memory; splicing them costs a pipe per
 			// request and fails for 1 MiB replies (header + data > pipe size).
 			DisableSplice: true,
-			Debug:         opts.Debug,
+			Debug:         debug,
 			Logger:        log.New(os.Stderr, "imgfs-fuse: ", 0),
 		},
 	}
-	server, err := fs.Mount(abs, root, fsOpts)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", abs, explainMountError(err, opts.AllowOther))
-	}
-	raiseReadahead(abs)
-	return &Server{dir: abs, server: server, errs: errs}, nil
 }
 
 // raiseReadahead lifts the mount's readahead from the kernel's default
@@ -244,7 +286,22 @@ func (s *Server) Dir() string { return s.dir }
 
 // Wait blocks until the file system is unmounted (by Unmount, fusermount3 -u
 // or umount) and the serve loops have ended.
-func (s *Server) Wait() { s.server.Wait() }
+// A catalog mount then closes every image it opened.
+func (s *Server) Wait() {
+	s.server.Wait()
+	if s.catalog != nil {
+		s.catalog.closeAll()
+	}
+}
+
+// CatalogCounters returns a catalog mount's counters (zero for a mount of
+// one image).
+func (s *Server) CatalogCounters() CatalogCounters {
+	if s.catalog == nil {
+		return CatalogCounters{}
+	}
+	return s.catalog.counters()
+}
 
 // Unmount detaches the mount. It fails (EBUSY) while a process still has a
 // file open or its working directory inside the mount.

@@ -59,7 +59,12 @@ func (n *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32,
 // Read fills dest from the device. A read that ends past the end is short
 // and one that starts past the end is empty; a device error becomes EIO.
 func (n *fileNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	size := n.dev.Size()
+	return readDevice(n.dev, n.name, n.errs, dest, off)
+}
+
+// readDevice serves a read of file name from dev.
+func readDevice(dev blockdev.Device, name string, errs *errorLog, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := dev.Size()
 	if off < 0 {
 		return nil, syscall.EINVAL
 	}
@@ -67,12 +72,12 @@ func (n *fileNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int
 		return fuse.ReadResultData(nil), 0
 	}
 	want := int(min(int64(len(dest)), size-off))
-	got, err := n.dev.ReadAt(dest[:want], off)
+	got, err := dev.ReadAt(dest[:want], off)
 	if got < want {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		n.errs.report(n.name, off, want, err)
+		errs.report(name, off, want, err)
 		return nil, syscall.EIO
 	}
 	return fuse.ReadResultData(dest[:want]), 0
@@ -99,14 +104,20 @@ func (n *fileNode) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fus
 // cp --sparse and qemu-img skip holes without reading them. A device
 // without a map is one data extent.
 func (n *fileNode) Lseek(_ context.Context, _ fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	size := uint64(n.dev.Size())
+	return seekDevice(n.dev, n.mapper, n.name, n.errs, off, whence)
+}
+
+// seekDevice answers SEEK_DATA and SEEK_HOLE on file name from dev's data
+// map (mapper, nil for a device that is all data).
+func seekDevice(dev blockdev.Device, mapper blockdev.Mapper, name string, errs *errorLog, off uint64, whence uint32) (uint64, syscall.Errno) {
+	size := uint64(dev.Size())
 	if whence != seekData && whence != seekHole {
 		return 0, syscall.EINVAL
 	}
 	if off >= size {
 		return 0, syscall.ENXIO
 	}
-	if n.mapper == nil {
+	if mapper == nil {
 		if whence == seekData {
 			return off, 0
 		}
@@ -115,9 +126,9 @@ func (n *fileNode) Lseek(_ context.Context, _ fs.FileHandle, off uint64, whence 
 	var next int64
 	var err error
 	if whence == seekData {
-		next, err = n.mapper.NextData(int64(off))
+		next, err = mapper.NextData(int64(off))
 	} else {
-		next, err = n.mapper.NextHole(int64(off))
+		next, err = mapper.NextHole(int64(off))
 	}
 	switch {
 	case errors.Is(err, io.EOF):
@@ -126,10 +137,10 @@ func (n *fileNode) Lseek(_ context.Context, _ fs.FileHandle, off uint64, whence 
 		}
 		return 0, syscall.ENXIO
 	case err != nil:
-		n.errs.report(n.name, int64(off), 0, err)
+		errs.report(name, int64(off), 0, err)
 		return 0, syscall.EIO
 	case next < int64(off) || uint64(next) > size:
-		n.errs.report(n.name, int64(off), 0, errors.New("data map answered an offset outside the file"))
+		errs.report(name, int64(off), 0, errors.New("data map answered an offset outside the file"))
 		return 0, syscall.EIO
 	case whence == seekData && uint64(next) == size:
 		return 0, syscall.ENXIO // only a hole up to the end

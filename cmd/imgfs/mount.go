@@ -34,29 +34,47 @@ const daemonReadyMsg = "ready"
 func mountCommand() *cli.Command {
 	var (
 		of                        openFlags
+		cf                        catalogFlags
 		allowOther, daemon, debug bool
 		logPath                   string
 	)
 	return &cli.Command{
 		Name:  "mount",
-		Usage: "mount the image read-only with FUSE: MOUNTPOINT/disk (plaintext), disk.p1... (partitions), encrypted, disk.luks, image.json",
+		Usage: "mount the image read-only with FUSE: MOUNTPOINT/disk (plaintext), disk.p1... (partitions), encrypted, disk.luks, image.json; or, with --catalog, every Glance image",
 		Description: "Files are mode 0400, owned by you, and only you see the mount. --allow-other shows it\n" +
 			"to every user (files 0444); a non-root user needs `user_allow_other` in /etc/fuse.conf.\n" +
 			"Runs in the foreground until Ctrl-C, SIGTERM, SIGHUP or `imgfs umount`. --daemon returns\n" +
 			"once the mount is ready and leaves it serving in the background (its later errors go\n" +
-			"to --log FILE, else nowhere). A mount left by a killed imgfs is cleared by `imgfs umount`.",
-		ArgsUsage: "SOURCE MOUNTPOINT",
-		Flags: append(of.flags(),
+			"to --log FILE, else nowhere). A mount left by a killed imgfs is cleared by `imgfs umount`.\n\n" +
+			"imgfs mount --catalog [--filter KEY=VALUE]... MOUNTPOINT shows every Glance image the\n" +
+			"credentials can see as MOUNTPOINT/<image-id>/ (opened, keys from Barbican, when first\n" +
+			"looked into; an image that cannot be opened shows error.txt), by-name/<name> links and\n" +
+			"catalog.json (counters). At most --max-open images are open; their block caches share\n" +
+			"--cache-total (each at most --cache-size, default 32MiB in a catalog).",
+		ArgsUsage: "SOURCE MOUNTPOINT | --catalog MOUNTPOINT",
+		Flags: append(append(of.flags(),
 			&cli.BoolFlag{Name: "allow-other", Destination: &allowOther, Usage: "let other users read the mount (allow_other)"},
 			&cli.BoolFlag{Name: "daemon", Aliases: []string{"d"}, Destination: &daemon, Usage: "return once mounted and serve in the background"},
 			&cli.BoolFlag{Name: "debug", Destination: &debug, Usage: "log every FUSE request to stderr"},
 			&cli.StringFlag{Name: "log", Destination: &logPath, Usage: "append read errors (and, with --daemon, anything the daemon prints) to `FILE`"},
-		),
+		), cf.flags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
+			var spec, dir string
+			switch {
+			case cf.on && c.NArg() != 1:
+				return usageError("mount --catalog: want MOUNTPOINT only")
+			case cf.on:
+				spec, dir = "the Glance catalog", c.Args().Get(0)
+			case c.NArg() != 2:
 				return usageError("mount: want SOURCE MOUNTPOINT")
+			default:
+				for _, f := range []string{"filter", "ttl", "max-open", "idle-timeout", "cache-total", "list-page-size"} {
+					if c.IsSet(f) {
+						return usageError("mount: --%s needs --catalog", f)
+					}
+				}
+				spec, dir = c.Args().Get(0), c.Args().Get(1)
 			}
-			spec, dir := c.Args().Get(0), c.Args().Get(1)
 			if err := fusefs.CheckMountpoint(dir); err != nil {
 				return err
 			}
@@ -81,6 +99,24 @@ func mountCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			var logFile *os.File
+			var logger *log.Logger
+			if logPath != "" {
+				if logFile, err = os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+					return fmt.Errorf("--log: %w", err)
+				}
+				defer logFile.Close()
+				logger = log.New(logFile, "", log.LstdFlags)
+			}
+			if cf.on {
+				cf.perImageSet, cf.blockSet = c.IsSet("cache-size"), c.IsSet("block-size")
+				co, err := catalogMount(c.Context, &cf, opts)
+				if err != nil {
+					return err
+				}
+				co.AllowOther, co.Debug, co.Logger = allowOther, debug, logger
+				return serve(spec, dir, func() (*fusefs.Server, error) { return fusefs.MountCatalog(dir, co) }, readyFD, logFile)
+			}
 			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
@@ -90,16 +126,8 @@ func mountCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			fo.AllowOther, fo.Debug = allowOther, debug
-			var logFile *os.File
-			if logPath != "" {
-				if logFile, err = os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
-					return fmt.Errorf("--log: %w", err)
-				}
-				defer logFile.Close()
-				fo.Logger = log.New(logFile, "", log.LstdFlags)
-			}
-			return serve(spec, dir, fo, readyFD, logFile)
+			fo.AllowOther, fo.Debug, fo.Logger = allowOther, debug, logger
+			return serve(spec, dir, func() (*fusefs.Server, error) { return fusefs.Mount(dir, fo) }, readyFD, logFile)
 		},
 	}
 }
@@ -152,11 +180,11 @@ func mountOptions(img *imgfs.Image) (fusefs.Options, error) {
 }
 
 // serve mounts and serves until unmounted or signalled.
-func serve(spec, dir string, opts fusefs.Options, readyFD int, logFile *os.File) error {
+func serve(spec, dir string, mount func() (*fusefs.Server, error), readyFD int, logFile *os.File) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	srv, err := fusefs.Mount(dir, opts)
+	srv, err := mount()
 	if err != nil {
 		return err
 	}
@@ -177,6 +205,10 @@ func serve(spec, dir string, opts fusefs.Options, readyFD int, logFile *os.File)
 	defer func() {
 		if n := srv.ReadErrors(); n > 1 {
 			fmt.Fprintf(os.Stderr, "imgfs: %d reads failed with EIO while mounted\n", n)
+		}
+		if cc := srv.CatalogCounters(); cc.Listings > 0 {
+			fmt.Fprintf(os.Stderr, "imgfs: catalog unmounted: %d list calls, %d opens, %d closes, %d open, %s fetched\n",
+				cc.ListCalls, cc.Opens, cc.Closes, cc.OpenNow, blockdev.IBytes(cc.BytesFetched))
 		}
 	}()
 	select {
