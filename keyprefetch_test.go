@@ -159,12 +159,6 @@ func TestPrefetchedKeyDiscarded(t *testing.T) {
 	}
 }
 
-type bytesReader struct{ *bytes.Reader }
-
-func (b bytesReader) Size() int64 { return b.Reader.Size() }
-
-func bytesDevice(b []byte) bytesReader { return bytesReader{bytes.NewReader(b)} }
-
 func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
