@@ -166,7 +166,7 @@ func NewSymmetricSecret(ctx context.Context, kc *gophercloud.ServiceClient, name
 	opts := secrets.CreateOpts{Name: name, SecretType: secrets.SymmetricSecret,
 		Payload:            base64.StdEncoding.EncodeToString(raw),
 		PayloadContentType: "application/octet-stream", PayloadContentEncoding: "base64",
-		Algorithm:          "aes", BitLength: len(raw) * 8, Mode: "xts"}
+		Algorithm: "aes", BitLength: len(raw) * 8, Mode: "xts"}
 	return createSecret(ctx, kc, opts, keyring.PassphraseFromSecret("symmetric", raw))
 }
 
