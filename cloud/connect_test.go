@@ -89,10 +89,11 @@ func TestConnectClosesKeystoneConnection(t *testing.T) {
 	}
 }
 
-// The image service client is made once per session: gophercloud asks the
-// endpoint for its versions each time it makes one (a round trip before
-// the first byte).
-func TestSessionMakesServiceClientOnce(t *testing.T) {
+// The image service client comes from the token's catalog, once per
+// session: gophercloud's constructor asks the endpoint for its versions
+// each time it makes one (a round trip before the first byte; OpenGlance
+// made two).
+func TestSessionServiceClientWithoutDiscovery(t *testing.T) {
 	srv, _, discovery := fakeKeystone(t)
 	fakeEnv(t, srv)
 	sess, err := cloud.Connect(context.Background(), "")
@@ -100,11 +101,15 @@ func TestSessionMakesServiceClientOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := sess.ImageService(); err != nil {
+		ic, err := sess.ImageService()
+		if err != nil {
 			t.Fatal(err)
 		}
+		if want := srv.URL + "/image/v2/"; ic.ResourceBase != want {
+			t.Fatalf("image API at %s, want %s", ic.ResourceBase, want)
+		}
 	}
-	if n := discovery.Load(); n != 1 {
-		t.Fatalf("%d version discovery requests for 3 ImageService calls, want 1", n)
+	if n := discovery.Load(); n != 0 {
+		t.Fatalf("%d version discovery requests for 3 ImageService calls, want 0", n)
 	}
 }

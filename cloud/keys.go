@@ -12,6 +12,7 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
 	"github.com/gophercloud/gophercloud/v2/openstack/keymanager/v1/secrets"
 
 	"github.com/imgfs/imgfs/keyring"
@@ -59,14 +60,13 @@ func (l *lazyBarbican) Passphrase(ctx context.Context) ([]byte, error) {
 	return b.Passphrase(ctx)
 }
 
-// KeyManager returns the Barbican client of the session's cloud. It is made
-// once per session: gophercloud asks the endpoint for its versions (a round
-// trip) every time a client is made.
+// KeyManager returns the Barbican client of the session's cloud, made once
+// per session (see serviceClient).
 func (c *Session) KeyManager() (*gophercloud.ServiceClient, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.keys == nil {
-		kc, err := openstack.NewKeyManagerV1(c.Provider, c.Endpoint)
+		kc, err := c.serviceClient("key-manager", "v1/", openstack.NewKeyManagerV1)
 		if err != nil {
 			return nil, fmt.Errorf("no key manager (Barbican) in the catalog of cloud %s: %w", c.Name, err)
 		}
@@ -76,18 +76,40 @@ func (c *Session) KeyManager() (*gophercloud.ServiceClient, error) {
 }
 
 // ImageService returns the Glance client of the session's cloud, made once
-// per session (see KeyManager).
+// per session (see serviceClient).
 func (c *Session) ImageService() (*gophercloud.ServiceClient, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.images == nil {
-		ic, err := openstack.NewImageV2(c.Provider, c.Endpoint)
+		ic, err := c.serviceClient("image", "v2/", openstack.NewImageV2)
 		if err != nil {
 			return nil, fmt.Errorf("no image service (Glance) in the catalog of cloud %s: %w", c.Name, err)
 		}
 		c.images = ic
 	}
 	return c.images, nil
+}
+
+// serviceClient makes the client of service type typ, whose API is under
+// apiPath of its endpoint, from the catalog of the session's token.
+// gophercloud's own constructor (fallback) first asks the endpoint which
+// versions it serves (GET /, a round trip before the first byte, every
+// time); Glance's only API is v2 and Barbican's v1, so the catalog's
+// endpoint is used as is, as fallback would use it; fallback is used when
+// the token carries no v3 catalog.
+func (c *Session) serviceClient(typ, apiPath string, fallback func(*gophercloud.ProviderClient, gophercloud.EndpointOpts) (*gophercloud.ServiceClient, error)) (*gophercloud.ServiceClient, error) {
+	if ar, ok := c.Provider.GetAuthResult().(interface {
+		ExtractServiceCatalog() (*tokens.ServiceCatalog, error)
+	}); ok {
+		if catalog, err := ar.ExtractServiceCatalog(); err == nil && catalog != nil {
+			eo := c.Endpoint
+			eo.ApplyDefaults(typ)
+			if url, err := openstack.V3EndpointURL(catalog, eo); err == nil {
+				return &gophercloud.ServiceClient{ProviderClient: c.Provider, Endpoint: url, Type: typ, ResourceBase: url + apiPath}, nil
+			}
+		}
+	}
+	return fallback(c.Provider, c.Endpoint)
 }
 
 // Secret is a Barbican secret that holds an image key, with the LUKS

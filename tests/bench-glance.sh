@@ -14,8 +14,8 @@ HERE=$PWD/tests
 SIZE=${BENCH_GLANCE_SIZE:-512M}
 ROUNDS=${BENCH_ROUNDS:-3}
 RTTS=${BENCH_RTTS:-5 20}
-IMGFS=$PWD/bin/imgfs
-go build -o bin/imgfs ./cmd/imgfs
+IMGFS=${BENCH_IMGFS:-$PWD/bin/imgfs}   # BENCH_IMGFS: another build, e.g. the baseline
+[ -n "${BENCH_IMGFS:-}" ] || go build -o bin/imgfs ./cmd/imgfs
 go build -o bin/delayproxy ./tests/delayproxy
 base=${BENCH_DIR:-}
 if [ -z "$base" ]; then
@@ -24,8 +24,10 @@ fi
 D=$(mktemp -d "$base/imgfs-bench-glance.XXXXXX")
 M="$D/mnt"; mkdir -p "$M"
 PROXIES=() CLOUD_DIR="" OWN_CLOUD=""
+ID=""
 cleanup() {
   fusermount3 -u -z "$M" 2>/dev/null || true
+  if [ -n "$ID" ]; then curl -s -o /dev/null -X DELETE -H "X-Auth-Token: $(token)" "$OSL_GLANCE_URL/v2/images/$ID" || true; fi
   local p; for p in "${PROXIES[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ -n "$OWN_CLOUD" ]; then "$HERE/cloud/cloud.sh" stop "$CLOUD_DIR" >/dev/null 2>&1 || true; rm -rf "$CLOUD_DIR"; fi
   rm -rf "$D"
@@ -49,12 +51,16 @@ else
   # shellcheck disable=SC1091
   . "$D/cloud.env"
 fi
+KEYSTONE_URL=$OS_AUTH_URL
+# Only clouds.yaml from here on: OS_* variables (OS_REGION_NAME, OS_AUTH_URL ...)
+# would override the entries of the delayed clouds.
+for v in $(env | sed -n 's/^\(OS_[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
 export OS_CLOUD=loopback-demo OS_CLIENT_CONFIG_FILE="$CLOUD_DIR/clouds.yaml"
-KPORT=${OS_AUTH_URL##*:}; KPORT=${KPORT%%/*}
+KPORT=${KEYSTONE_URL##*:}; KPORT=${KPORT%%/*}
 GPORT=${OSL_GLANCE_URL##*:} BPORT=${OSL_BARBICAN_URL##*:}
 
 token() {  # a fresh demo token
-  curl -s -m 30 -D - -o /dev/null -X POST "$OS_AUTH_URL/auth/tokens" -H 'Content-Type: application/json' \
+  curl -s -m 30 -D - -o /dev/null -X POST "$KEYSTONE_URL/auth/tokens" -H 'Content-Type: application/json' \
     -d '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"demo","domain":{"id":"default"},"password":"demopw"}}},"scope":{"project":{"name":"demo","domain":{"id":"default"}}}}}' \
     | awk -F': ' 'tolower($1)=="x-subject-token"{print $2}' | tr -d '\r'
 }
@@ -72,17 +78,17 @@ STORED=$(curl -s -H "X-Auth-Token: $(token)" "$OSL_GLANCE_URL/v2/images/$ID" | p
 # ---------------------------------------------------------------- delayed clouds
 # For each RTT, a delaying proxy in front of Keystone, Glance and Barbican, a region
 # RegionRTT<ms> whose catalog points at the proxies, and a clouds.yaml entry for it.
-proxy() {  # proxy TARGETPORT RTTms -> prints 127.0.0.1:PORT
+proxy() {  # proxy TARGETPORT RTTms: sets ADDR to its 127.0.0.1:PORT (not in a subshell: PROXIES)
   local out="$D/proxy.$1.$2"
   bin/delayproxy -target "127.0.0.1:$1" -rtt "${2}ms" > "$out" 2>>"$D/proxy.log" &
   PROXIES+=($!)
   for _ in $(seq 1 50); do [ -s "$out" ] && break; sleep 0.1; done
-  cat "$out"
+  ADDR=$(cat "$out")
 }
-ADMIN=(env -u OS_CLOUD -u OS_CLIENT_CONFIG_FILE bash -c ". $OSL_ADMIN_OPENRC; exec \"\$@\"" --)
+ADMIN=(env -u OS_CLOUD -u OS_CLIENT_CONFIG_FILE bash -c ". $CLOUD_DIR/openrc-admin; exec \"\$@\"" --)
 cp "$CLOUD_DIR/clouds.yaml" "$D/clouds.yaml"
 for rtt in $RTTS; do
-  kp=$(proxy "$KPORT" "$rtt"); gp=$(proxy "$GPORT" "$rtt"); bp=$(proxy "$BPORT" "$rtt")
+  proxy "$KPORT" "$rtt"; kp=$ADDR; proxy "$GPORT" "$rtt"; gp=$ADDR; proxy "$BPORT" "$rtt"; bp=$ADDR
   region=RegionRTT$rtt
   "${ADMIN[@]}" openstack region show "$region" >/dev/null 2>&1 || "${ADMIN[@]}" openstack region create "$region" >/dev/null
   for svc in glance:image:$gp barbican:key-manager:$bp; do
@@ -137,7 +143,7 @@ mount_dd() {  # mount (unlock included), dd the disk, unmount
   "$IMGFS" umount "$M"
 }
 export -f save_convert mount_dd token curl_whole
-export D ID PASS BYTES IMGFS M OS_AUTH_URL
+export D ID PASS BYTES IMGFS M KEYSTONE_URL
 
 echo "# imgfs against the loopback Glance — $(date -u +%Y-%m-%dT%H:%MZ) — $(nproc) cores — load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "raw LUKS1 image of $SIZE ($BYTES bytes plaintext, $STORED stored), image $ID; $ROUNDS rounds per row, interleaved"

@@ -355,9 +355,10 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 		}
 		// Hashing (sha512: 400-700 MB/s a core) may be slower than the
 		// network. Unhashed blocks must stay cached, so read-ahead waits
-		// for the hash rather than outrun it and have the LRU evict
-		// blocks the hash still needs (Verify would fetch them again).
-		end = min(end, c.hashed.Load()+grown)
+		// for the hash rather than outrun it by more than the largest
+		// window (at most half of MaxBytes) and have the LRU evict blocks
+		// the hash still needs (Verify would fetch them again).
+		end = min(end, c.hashed.Load()+c.window)
 		if end <= front {
 			return sequential
 		}

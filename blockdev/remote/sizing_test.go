@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,5 +215,70 @@ func TestCacheRandomReadsKeepSmallRequests(t *testing.T) {
 	}
 	if s := c.Stats(); s.ReadAhead != 0 {
 		t.Fatalf("random reads read ahead: %+v", s)
+	}
+}
+
+// cutServer serves patternByte ranges, ending its first answer after cut
+// body bytes; it records the ranges asked for.
+type cutServer struct {
+	patternServer
+	cut    int64
+	served atomic.Int64
+	ranges []string
+}
+
+func (c *cutServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.ranges = append(c.ranges, r.Header.Get("Range"))
+	c.mu.Unlock()
+	if c.served.Add(1) > 1 {
+		c.patternServer.ServeHTTP(w, r)
+		return
+	}
+	var a, b int64
+	fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &a, &b)
+	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b, c.size))
+	w.Header().Set("Content-Length", fmt.Sprint(b-a+1))
+	w.WriteHeader(http.StatusPartialContent)
+	buf := make([]byte, c.cut)
+	for i := range buf {
+		buf[i] = patternByte(a + int64(i))
+	}
+	w.Write(buf)
+	// returning with the body short of Content-Length breaks the connection
+}
+
+// A large request that breaks off is retried from the first block it had
+// not completed, and the blocks it did complete were handed over at once.
+func TestHTTPReadVecEachResumes(t *testing.T) {
+	const size = 8 << 20
+	cs := &cutServer{patternServer: patternServer{size: size}, cut: 2<<20 + 12345}
+	srv := httptest.NewServer(cs)
+	defer srv.Close()
+	h, err := OpenHTTP(context.Background(), srv.URL, HTTPOptions{Size: size, Retry: fastRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1<<20)
+	}
+	var order []int
+	if err := h.ReadVecEach(bufs, 1<<20, func(i int) { order = append(order, i) }); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range bufs {
+		checkPattern(t, b, int64(1+i)<<20)
+	}
+	if fmt.Sprint(order) != "[0 1 2 3]" {
+		t.Fatalf("done calls %v, want [0 1 2 3]", order)
+	}
+	want := []string{"bytes=1048576-5242879", "bytes=3145728-5242879"}
+	if fmt.Sprint(cs.ranges) != fmt.Sprint(want) {
+		t.Fatalf("ranges %q, want %q (the retry starts at the first incomplete block)", cs.ranges, want)
+	}
+	if s := h.Stats(); s.BytesFetched != 2<<20+12345+2<<20 {
+		t.Fatalf("fetched %d bytes, want %d", s.BytesFetched, 2<<20+12345+2<<20)
 	}
 }
