@@ -39,7 +39,7 @@ func hashCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

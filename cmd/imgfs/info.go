@@ -4,8 +4,6 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/imgfs/imgfs"
 )
 
 func infoCommand() *cli.Command {
@@ -13,7 +11,7 @@ func infoCommand() *cli.Command {
 		of       openFlags
 		jsonFlag bool
 	)
-	fl := append(of.format.flags("format", "state the outer format (raw, luks, qcow2); a mismatch with the image's magic is an error"), of.source.flags()...)
+	fl := of.storedFlags()
 	return &cli.Command{
 		Name:      "info",
 		Usage:     "describe an image without a key: format, LUKS header, qcow2 features, safety verdict",
@@ -23,14 +21,10 @@ func infoCommand() *cli.Command {
 			if err := sourceArg("info", c.Args().Slice()); err != nil {
 				return err
 			}
-			var opts imgfs.Options
-			if err := of.format.apply(&opts, "format", imgfs.FormatRaw, imgfs.FormatLUKS, imgfs.FormatQcow2); err != nil {
+			opts, err := of.storedOptions()
+			if err != nil {
 				return err
 			}
-			if err := of.source.apply(&opts); err != nil {
-				return err
-			}
-			opts.StoredOnly = true
 			img, err := openImage(c.Context, c.Args().First(), opts)
 			if err != nil {
 				return err

@@ -16,7 +16,7 @@ func mapCommand() *cli.Command {
 		of       openFlags
 		jsonFlag bool
 	)
-	fl := append(of.format.flags("format", "state the outer format (raw, luks, qcow2); a mismatch with the image's magic is an error"), of.source.flags()...)
+	fl := of.storedFlags()
 	return &cli.Command{
 		Name:      "map",
 		Usage:     "list the plaintext disk's extents (data, zero, hole) and their place in the stored image; no key needed",
@@ -29,15 +29,11 @@ func mapCommand() *cli.Command {
 				return err
 			}
 			spec := c.Args().First()
-			var opts imgfs.Options
-			if err := of.format.apply(&opts, "format", imgfs.FormatRaw, imgfs.FormatLUKS, imgfs.FormatQcow2); err != nil {
+			opts, err := of.storedOptions()
+			if err != nil {
 				return err
 			}
-			if err := of.source.apply(&opts); err != nil {
-				return err
-			}
-			opts.StoredOnly = true
-			img, err := imgfs.Open(c.Context, spec, opts)
+			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
 				return err
 			}

@@ -166,6 +166,21 @@ func (o *openFlags) flags() []cli.Flag {
 	return append(fl, o.source.flags()...)
 }
 
+// storedFlags are the flags of a command that describes an image without
+// a key (info, map): the format and source sets of openFlags.
+func (o *openFlags) storedFlags() []cli.Flag {
+	return append(o.format.flags("format", "state the outer format (raw, luks, qcow2); a mismatch with the image's magic is an error"), o.source.flags()...)
+}
+
+// storedOptions converts storedFlags into imgfs.Options with StoredOnly.
+func (o *openFlags) storedOptions() (imgfs.Options, error) {
+	opts := imgfs.Options{StoredOnly: true}
+	if err := o.format.apply(&opts, "format", imgfs.FormatRaw, imgfs.FormatLUKS, imgfs.FormatQcow2); err != nil {
+		return opts, err
+	}
+	return opts, o.source.apply(&opts)
+}
+
 // options converts the flags into imgfs.Options.
 func (o *openFlags) options() (imgfs.Options, error) {
 	var opts imgfs.Options
