@@ -177,6 +177,37 @@ func mustFail(t *testing.T, r result, want ...string) {
 
 const testPassphrase = "correct horse battery staple"
 
+// encryptedCase is one of OpenStack's four encrypted-image permutations:
+// {raw LUKS, qcow2+LUKS} × {Barbican passphrase secret, symmetric secret}.
+type encryptedCase struct {
+	name, layout, secretType, diskFormat, encryptFormat string
+}
+
+// encryptedCases are the four permutations, with the disk_format and
+// os_encrypt_format spellings Nova, Cinder and users write.
+var encryptedCases = []encryptedCase{
+	{"raw LUKS, passphrase secret", "luks", "passphrase", "luks", "luks"},
+	{"raw LUKS, symmetric secret", "luks", "symmetric", "raw", "LUKSv1"},
+	{"qcow2+LUKS, passphrase secret", "qcow2", "passphrase", "qcow2", "LUKSv1"},
+	{"qcow2+LUKS, symmetric secret", "qcow2", "symmetric", "qcow2", "luks"},
+}
+
+// make writes the image of plain for the case (qemu-img) and returns its
+// path and the secret payload to store in Barbican: the passphrase, or 32
+// random bytes whose lowercase hex is the passphrase (os-brick's rule).
+func (c encryptedCase) make(t *testing.T, dir string, plain []byte, seed uint64) (path string, payload []byte) {
+	t.Helper()
+	payload, pass := []byte(testPassphrase), testPassphrase
+	if c.secretType == "symmetric" {
+		payload = testimg.RandomBytes(32, seed)
+		pass = hex.EncodeToString(payload)
+	}
+	if c.layout == "luks" {
+		return testimg.QemuLUKS1(t, dir, "img", plain, pass, testimg.QemuLUKSOpts{}), payload
+	}
+	return testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", pass, false), payload
+}
+
 // The four permutations of OpenStack's encrypted-image scenario tests —
 // {raw LUKS, qcow2+LUKS} × {Barbican secret of type passphrase, symmetric}
 // — uploaded with the os_encrypt_* properties and read back with
@@ -185,28 +216,12 @@ func TestGlanceEncryptedImagesWithBarbicanKeys(t *testing.T) {
 	tc := needCloud(t)
 	plain := testimg.RandomBytes(3<<20, 21)
 	clear(plain[1<<20 : 2<<20]) // a zero MiB: unallocated in the qcow2
-	cases := []struct {
-		name, layout, secretType, diskFormat, encryptFormat string
-	}{
-		{"raw LUKS, passphrase secret", "luks", "passphrase", "luks", "luks"},
-		{"raw LUKS, symmetric secret", "luks", "symmetric", "raw", "LUKSv1"},
-		{"qcow2+LUKS, passphrase secret", "qcow2", "passphrase", "qcow2", "LUKSv1"},
-		{"qcow2+LUKS, symmetric secret", "qcow2", "symmetric", "qcow2", "luks"},
-	}
-	for i, c := range cases {
+	for i, c := range encryptedCases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			payload := []byte(testPassphrase)
+			p, payload := c.make(t, t.TempDir(), plain, uint64(100+i))
 			pass := testPassphrase
 			if c.secretType == "symmetric" {
-				payload = testimg.RandomBytes(32, uint64(100+i))
-				pass = hex.EncodeToString(payload) // os-brick: binary keys become their lowercase hex
-			}
-			var p string
-			if c.layout == "luks" {
-				p = testimg.QemuLUKS1(t, dir, "img", plain, pass, testimg.QemuLUKSOpts{})
-			} else {
-				p = testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", pass, false)
+				pass = hex.EncodeToString(payload)
 			}
 			secret := tc.createSecret(t, c.secretType, payload)
 			id := tc.uploadImage(t, c.diskFormat, map[string]string{

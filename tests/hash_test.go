@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -30,25 +29,9 @@ func TestHashEvidenceOfEncryptedGlanceImages(t *testing.T) {
 	dir := t.TempDir()
 	plainPath := testimg.WriteFile(t, dir, "plain", plain)
 	wantPlain := sumFile(t, "sha256sum", plainPath)
-	for i, c := range []struct{ name, layout, secretType, diskFormat string }{
-		{"raw LUKS, passphrase", "luks", "passphrase", "luks"},
-		{"raw LUKS, symmetric", "luks", "symmetric", "raw"},
-		{"qcow2+LUKS, passphrase", "qcow2", "passphrase", "qcow2"},
-		{"qcow2+LUKS, symmetric", "qcow2", "symmetric", "qcow2"},
-	} {
+	for i, c := range encryptedCases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			payload, pass := []byte(testPassphrase), testPassphrase
-			if c.secretType == "symmetric" {
-				payload = testimg.RandomBytes(32, uint64(200+i))
-				pass = hex.EncodeToString(payload)
-			}
-			var p string
-			if c.layout == "luks" {
-				p = testimg.QemuLUKS1(t, dir, "img", plain, pass, testimg.QemuLUKSOpts{})
-			} else {
-				p = testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", pass, false)
-			}
+			p, payload := c.make(t, t.TempDir(), plain, uint64(200+i))
 			secret := tc.createSecret(t, c.secretType, payload)
 			id := tc.uploadImage(t, c.diskFormat, map[string]string{
 				"os_encrypt_format": "luks", "os_encrypt_key_id": secret, "os_decrypt_size": strconv.Itoa(len(plain)),

@@ -101,29 +101,9 @@ func TestRBDGlanceEncryptedImages(t *testing.T) {
 	tc := needCeph(t)
 	plain := testimg.RandomBytes(5<<20, 131)
 	clear(plain[1<<20 : 2<<20]) // a zero MiB: unallocated in the qcow2
-	cases := []struct {
-		name, layout, secretType, diskFormat, encryptFormat string
-	}{
-		{"raw LUKS, passphrase secret", "luks", "passphrase", "luks", "luks"},
-		{"raw LUKS, symmetric secret", "luks", "symmetric", "raw", "LUKSv1"},
-		{"qcow2+LUKS, passphrase secret", "qcow2", "passphrase", "qcow2", "LUKSv1"},
-		{"qcow2+LUKS, symmetric secret", "qcow2", "symmetric", "qcow2", "luks"},
-	}
-	for i, c := range cases {
+	for i, c := range encryptedCases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			payload := []byte(testPassphrase)
-			pass := testPassphrase
-			if c.secretType == "symmetric" {
-				payload = testimg.RandomBytes(32, uint64(140+i))
-				pass = hex.EncodeToString(payload)
-			}
-			var p string
-			if c.layout == "luks" {
-				p = testimg.QemuLUKS1(t, dir, "img", plain, pass, testimg.QemuLUKSOpts{})
-			} else {
-				p = testimg.ConvertQcow2(t, dir, "img.qcow2", plain, "", pass, false)
-			}
+			p, payload := c.make(t, t.TempDir(), plain, uint64(140+i))
 			secret := tc.createSecret(t, c.secretType, payload)
 			id := tc.uploadRBD(t, c.diskFormat, map[string]string{
 				"os_encrypt_format":              c.encryptFormat,
@@ -143,7 +123,7 @@ func TestRBDGlanceEncryptedImages(t *testing.T) {
 			if infoLine(info, "mode") != "rbd" || !strings.HasPrefix(infoLine(info, "direct"), "used: rbd:images/"+id+"@snap") {
 				t.Fatalf("info: want mode rbd, direct used: rbd:images/%s@snap:\n%s", id, info)
 			}
-			if strings.Contains(info, pass) || strings.Contains(info, testPassphrase) {
+			if strings.Contains(info, hex.EncodeToString(payload)) || strings.Contains(info, testPassphrase) {
 				t.Fatal("info prints the key")
 			}
 			mnt, pid := mountDaemon(t, id)
