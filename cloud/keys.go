@@ -104,7 +104,8 @@ func (c *Session) serviceClient(typ, apiPath string, fallback func(*gophercloud.
 		if catalog, err := ar.ExtractServiceCatalog(); err == nil && catalog != nil {
 			eo := c.Endpoint
 			eo.ApplyDefaults(typ)
-			if url, err := openstack.V3EndpointURL(catalog, eo); err == nil {
+			eo.Version = 0 // no version discovery: no request to the endpoint
+			if url, err := openstack.V3Endpoint(context.Background(), c.Provider, catalog, eo); err == nil {
 				return &gophercloud.ServiceClient{ProviderClient: c.Provider, Endpoint: url, Type: typ, ResourceBase: url + apiPath}, nil
 			}
 		}
