@@ -79,7 +79,7 @@ rm -f "$D/luks1.img"
 echo "raw LUKS image $ID: $BYTES bytes plaintext, in the rbd store"
 "$IMGFS" info "$ID" | grep -E '^  (mode|direct):'
 
-# 1. whole image to a plaintext file (BENCH_RBD_SKIP_WHOLE=1 skips it)
+# 1. whole image to a plaintext file
 QL="driver=luks,key-secret=s,file.filename"
 declare -A T
 t=$(now); /usr/bin/time -f '%M' -o "$D/rss" "$IMGFS" cat --passphrase-file "$D/pass" -o "$D/out.imgfs" "$ID"; T[imgfs]=$(secs "$t" "$(now)")
