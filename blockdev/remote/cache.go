@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgfs/imgfs/blockdev"
 )
@@ -65,7 +66,8 @@ type Cache struct {
 	vmu     sync.Mutex
 	vhash   hash.Hash
 	vwant   []byte
-	vnext   int64 // next block to hash
+	vnext   int64        // next block to hash
+	vhashed atomic.Int64 // vnext, for readers that do not hold vmu
 	vresult error
 	vdone   bool
 }
@@ -174,11 +176,16 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	}
 	sequential := c.readAhead(off, int64(n), last)
 	dropBefore := int64(-1)
-	if sequential && c.vhash == nil {
+	if sequential {
 		// Drop-behind: a sequential reader will not come back to the blocks
 		// it has read past, so their buffers are reused at once instead of
-		// the cache growing to MaxBytes of stale data.
+		// the cache growing to MaxBytes of stale data. With a checksum to
+		// verify, only blocks already hashed go; the hasher drops the others
+		// once it is done with them (advanceVerify).
 		dropBefore = (off + int64(n)) / bs
+		if c.vhash != nil {
+			dropBefore = min(dropBefore, c.vhashed.Load())
+		}
 	}
 	defer c.release(units, dropBefore)
 	done := 0
@@ -480,8 +487,16 @@ func (c *Cache) advanceVerify(wait bool) {
 			return
 		}
 		c.vhash.Write(b.data)
-		c.release([]*cblock{b}, -1)
+		// a sequential reader already past this block will not come back
+		drop := int64(-1)
+		c.mu.Lock()
+		if c.seqBytes >= 2*c.opts.BlockSize {
+			drop = c.lastEnd / c.opts.BlockSize
+		}
+		c.mu.Unlock()
+		c.release([]*cblock{b}, drop)
 		c.vnext++
+		c.vhashed.Store(c.vnext)
 	}
 }
 
@@ -514,6 +529,7 @@ func (c *Cache) Verify(ctx context.Context) error {
 		c.vhash.Write(b.data)
 		c.release([]*cblock{b}, -1)
 		c.vnext++
+		c.vhashed.Store(c.vnext)
 	}
 	c.vdone = true
 	if got := c.vhash.Sum(nil); !bytes.Equal(got, c.vwant) {
