@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/blockdev/rbd"
@@ -45,7 +46,13 @@ type rbdDevice struct {
 	image   *rbd.Image
 	stale   bool           // the last read timed out: reconnect first
 	old     blockdev.Stats // counters of replaced images
+
+	untrimmed atomic.Int64 // bytes read since the last rbd.TrimMemory
 }
+
+// trimEvery is how many bytes read from RBD between returns of the C
+// heap's free memory to the system.
+const trimEvery = 32 << 20
 
 func newRBDDevice(cfg rbd.Config, c *rbd.Cluster, im *rbd.Image) *rbdDevice {
 	return &rbdDevice{cfg: cfg, spec: im.Spec(), fsid: c.FSID(), size: im.Size(), cluster: c, image: im}
@@ -85,8 +92,14 @@ func (d *rbdDevice) do(read func(*rbd.Image) error) error {
 		return err
 	}
 	d.mu.RLock()
+	before := d.image.Stats().BytesFetched
 	err := read(d.image)
+	n := d.image.Stats().BytesFetched - before
 	d.mu.RUnlock()
+	if d.untrimmed.Add(n) >= trimEvery {
+		d.untrimmed.Store(0)
+		rbd.TrimMemory()
+	}
 	if errors.Is(err, rbd.ErrTimeout) {
 		d.mu.Lock()
 		d.stale = true

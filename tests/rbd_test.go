@@ -347,7 +347,7 @@ func cephSh(t *testing.T, args ...string) string {
 // back they return the exact bytes. Its own cluster in a temporary
 // directory, not the shared one.
 func TestRBDOSDRestartMidRead(t *testing.T) {
-	needCeph(t)
+	tc := needCeph(t)
 	dir := filepath.Join(t.TempDir(), "ceph")
 	base := 40000 + int(time.Now().UnixNano()%90)*100
 	env := []string{"CEPH_STORE=bluestore", "CEPHL_STORE_SIZE=2G",
@@ -371,6 +371,26 @@ func TestRBDOSDRestartMidRead(t *testing.T) {
 			t.Fatalf("rbd %v: %v: %s", a, err, out)
 		}
 	}
+	// Another cluster while we have one: a Glance image of the shared
+	// cluster, and an image of the same name (other bytes) at the same
+	// pool/name@snap in this one. With this cluster's ceph.conf imgfs must
+	// refuse it (fsid mismatch) and read Glance's bytes over HTTP.
+	gplain := testimg.RandomBytes(1<<20, 136)
+	gid := tc.uploadRBD(t, "raw", nil, testimg.WriteFile(t, t.TempDir(), "g.raw", gplain))
+	impostor := testimg.WriteFile(t, t.TempDir(), "impostor.raw", testimg.RandomBytes(1<<20, 137))
+	for _, a := range [][]string{{"import", impostor, "images/" + gid}, {"snap", "create", "images/" + gid + "@snap"}} {
+		if out, err := exec.Command("rbd", append([]string{"-c", conf, "--client-mount-timeout", "15"}, a...)...).CombinedOutput(); err != nil {
+			t.Fatalf("rbd %v: %v: %s", a, err, out)
+		}
+	}
+	r := runImgfs(t, nil, "cat", "--ceph-conf", conf, gid)
+	if r.code != 0 || !bytes.Equal(r.stdout, gplain) {
+		t.Fatalf("cat with another cluster's ceph.conf: exit %d, equal to Glance's bytes %v: %s", r.code, bytes.Equal(r.stdout, gplain), r.stderr)
+	}
+	if !strings.Contains(string(r.stderr), "fsid mismatch: location "+os.Getenv("CEPHL_FSID")) {
+		t.Fatalf("cat with another cluster's ceph.conf does not say fsid mismatch: %s", r.stderr)
+	}
+
 	mnt, pid := mountDaemon(t, "--ceph-conf", conf, "--ceph-timeout", "5s", "rbd:images/disk@s1")
 	disk, err := os.Open(filepath.Join(mnt, "disk"))
 	if err != nil {

@@ -13,6 +13,9 @@ import (
 // Linux, or tag noceph) Connect always fails with ErrNoCeph.
 type Cluster struct{}
 
+// TrimMemory does nothing in this build.
+func TrimMemory() {}
+
 // Supported reports whether this build can reach a Ceph cluster (false:
 // built without cgo, librbd or with the noceph tag).
 const Supported = false

@@ -3,6 +3,9 @@ package remote
 import (
 	"bytes"
 	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
 	"sync"
 	"testing"
 )
@@ -69,4 +72,50 @@ func TestCacheRecycledBuffersKeepReadsExact(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// With a checksum to verify, a sequential reader still drops behind: the
+// blocks the hasher is done with go, so a whole verified read does not
+// fill the cache to MaxBytes (it used to: 256 MiB of a 1 GiB image), and
+// the read is fetched once and verified.
+func TestCacheVerifiedSequentialReaderDropsBehind(t *testing.T) {
+	data := testData(128<<20, 9)
+	sum := sha512.Sum512(data)
+	srv, _ := fileServer(t, data)
+	for _, corrupt := range []bool{false, true} {
+		h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := hex.EncodeToString(sum[:])
+		if corrupt {
+			want = flipHex(want)
+		}
+		c, err := NewCache(h, CacheOptions{Hash: HashSpec{"sha512", want}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1<<20)
+		maxUsed := int64(0)
+		for off := 0; off < len(data); off += len(buf) {
+			if _, err := c.ReadAt(buf, int64(off)); err != nil || !bytes.Equal(buf, data[off:off+len(buf)]) {
+				t.Fatalf("offset %d: %v or bytes differ", off, err)
+			}
+			c.mu.Lock()
+			maxUsed = max(maxUsed, c.used)
+			c.mu.Unlock()
+		}
+		err = c.Verify(context.Background())
+		if corrupt != errors.Is(err, ErrIntegrity) {
+			t.Fatalf("corrupt %v: Verify = %v", corrupt, err)
+		}
+		if limit := int64(96 << 20); maxUsed > limit { // hasher lag plus a read-ahead window that may grow to 64 MiB requests; without drop-behind: all 128 MiB
+			t.Fatalf("a verified 128 MiB sequential read held up to %d bytes in the cache, want <= %d", maxUsed, limit)
+		}
+		if st := c.Stats(); st.BytesFetched != int64(len(data)) {
+			t.Fatalf("fetched %d bytes, want %d (once)", st.BytesFetched, len(data))
+		}
+		c.Close()
+		h.Close()
+	}
 }
