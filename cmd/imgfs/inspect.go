@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
 	"strings"
-	"sync/atomic"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
@@ -51,7 +49,7 @@ func inspectCommand() *cli.Command {
 					return fmt.Errorf("--policy: %w", err)
 				}
 			}
-			counter := &countingDevice{}
+			counter := &imgfs.CountingDevice{}
 			opts.StoredOnly = true
 			opts.WrapStored = func(d blockdev.Device) blockdev.Device { counter.Device = d; return counter }
 			img, err := openImage(c.Context, spec, opts)
@@ -59,11 +57,11 @@ func inspectCommand() *cli.Command {
 				return err
 			}
 			defer img.Close()
-			out, err := inspect(c.Context, img, policy)
+			out, err := imgfs.Inspect(c.Context, img, policy)
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			out.SourceBytesRead = counter.n.Load()
+			out.SourceBytesRead = counter.Bytes()
 			if jsonFlag {
 				if err := printJSON(out); err != nil {
 					return err
@@ -77,65 +75,6 @@ func inspectCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// inspection is what `imgfs inspect` prints.
-type inspection struct {
-	Source map[string]any `json:"source,omitempty"`
-	// Outer is the verdict on the image as stored, made without a key.
-	Outer *imgfs.Info `json:"outer"`
-	// Inner is what the plaintext holds; nil when it was not examined.
-	Inner         *sniff.Report `json:"inner,omitempty"`
-	InnerExamined bool          `json:"inner_examined"`
-	InnerNote     string        `json:"inner_note,omitempty"`
-	// SourceBytesRead counts the bytes read from the source device (headers,
-	// keyslots, qcow2 tables and the ciphertext of the sectors examined).
-	SourceBytesRead int64 `json:"source_bytes_read"`
-	// SourceStats are a remote source's HTTP and cache counters.
-	SourceStats *blockdev.Stats `json:"source_stats,omitempty"`
-	// PlaintextBytesExamined is what the sniffer read of the plaintext disk.
-	PlaintextBytesExamined int64    `json:"plaintext_bytes_examined"`
-	Safe                   bool     `json:"safe"`
-	Reasons                []string `json:"reasons,omitempty"`
-}
-
-// inspect judges the outer layer (img opened StoredOnly) and, when it is
-// safe and can be read, what the plaintext holds.
-func inspect(ctx context.Context, img *imgfs.Image, policy sniff.Policy) (*inspection, error) {
-	out := &inspection{Source: img.Info.Source, Outer: img.Info}
-	switch {
-	case !out.Outer.Safe:
-		out.InnerNote = "not examined: the outer layer is unsafe"
-	case out.Outer.Encrypted && !img.HasKey():
-		out.InnerNote = "not examined: the image is encrypted and no key was given (--passphrase-file, --key-file or --key-id)"
-	default:
-		outer := img.Info
-		if err := img.OpenDisk(ctx); err != nil {
-			return nil, err
-		}
-		out.Outer = outer
-		rep, err := sniff.Identify(img.Disk, img.Disk.Size())
-		if err != nil {
-			return nil, fmt.Errorf("plaintext: %w", err)
-		}
-		policy.Apply(rep)
-		out.Inner, out.InnerExamined = rep, true
-		out.PlaintextBytesExamined = rep.BytesRead
-	}
-	if st, ok := img.Stats(); ok {
-		out.SourceStats = &st
-	}
-	out.Safe = out.Outer.Safe
-	for _, r := range out.Outer.Reasons {
-		out.Reasons = append(out.Reasons, "outer layer: "+r)
-	}
-	if out.Inner != nil {
-		out.Safe = out.Safe && out.Inner.Safe
-		for _, r := range out.Inner.Reasons {
-			out.Reasons = append(out.Reasons, "plaintext: "+r)
-		}
-	}
-	return out, nil
 }
 
 // indented prefixes every line written through it.
@@ -153,7 +92,7 @@ func (i indented) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func printInspection(w io.Writer, in *inspection) {
+func printInspection(w io.Writer, in *imgfs.Inspection) {
 	printSource(w, in.Source)
 	fmt.Fprintln(w, "outer layer (examined without a key):")
 	printInfo(indented{w, "  "}, in.Outer)
@@ -243,17 +182,4 @@ func printReport(w io.Writer, r *sniff.Report) {
 	for _, reason := range r.Reasons {
 		fmt.Fprintf(w, "  - %s\n", safeText(reason))
 	}
-}
-
-// countingDevice counts the bytes read through it.
-type countingDevice struct {
-	blockdev.Device
-	n atomic.Int64
-}
-
-// ReadAt implements io.ReaderAt.
-func (d *countingDevice) ReadAt(p []byte, off int64) (int, error) {
-	n, err := d.Device.ReadAt(p, off)
-	d.n.Add(int64(n))
-	return n, err
 }
