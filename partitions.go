@@ -1,9 +1,12 @@
 package imgfs
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/keyring"
+	"github.com/imgfs/imgfs/luksio"
 	"github.com/imgfs/imgfs/sniff"
 )
 
@@ -47,4 +50,23 @@ func (img *Image) Partitions() (*Partitions, error) {
 		out.Partitions = append(out.Partitions, PartitionFile{File: fmt.Sprintf("disk.p%d", p.Index), Partition: p, Device: sec})
 	}
 	return out, nil
+}
+
+// OpenLUKSPartition unlocks a partition that holds a LUKS volume with the
+// key given for it and returns its plaintext; Close zeroes its key. A
+// partition that is not LUKS, or a key that opens no keyslot, is an error.
+func (img *Image) OpenLUKSPartition(ctx context.Context, p PartitionFile, key keyring.Source) (*luksio.Volume, error) {
+	if p.Contents != sniff.FormatLUKS {
+		return nil, fmt.Errorf("%s holds %s, not a LUKS volume: %w", p.File, p.Contents, luksio.ErrNotEncrypted)
+	}
+	pass, err := key.Passphrase(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: key: %w", p.File, err)
+	}
+	defer keyring.Zero(pass)
+	vol, err := luksio.Open(p.Device, pass, img.opts.Unlock)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p.File, err)
+	}
+	return vol, nil
 }

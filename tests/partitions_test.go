@@ -17,8 +17,9 @@ import (
 
 // forensicDisk writes a raw disk with a GPT: partition 1 an ext4 made by
 // mkfs.ext4 -d holding /etc/hostname, partition 2 a LUKS1 volume made by
-// cryptsetup. It returns the disk's path.
-func forensicDisk(t *testing.T, dir, hostname string) string {
+// cryptsetup whose payload holds innerPlain (filled by python3-cryptography
+// with the volume key cryptsetup dumps). It returns the disk's path.
+func forensicDisk(t *testing.T, dir, hostname string) (disk string, innerPlain []byte) {
 	t.Helper()
 	testimg.Need(t, "sfdisk", "mkfs.ext4", "cryptsetup")
 	root := filepath.Join(dir, "root")
@@ -28,7 +29,8 @@ func forensicDisk(t *testing.T, dir, hostname string) string {
 	if err := os.WriteFile(filepath.Join(root, "etc", "hostname"), []byte(hostname), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	disk, ext4, luks := filepath.Join(dir, "disk.raw"), filepath.Join(dir, "p1.ext4"), filepath.Join(dir, "p2.luks")
+	disk = filepath.Join(dir, "disk.raw")
+	ext4, luks := filepath.Join(dir, "p1.ext4"), filepath.Join(dir, "p2.luks")
 	for _, f := range []struct {
 		path string
 		size int64
@@ -43,7 +45,10 @@ func forensicDisk(t *testing.T, dir, hostname string) string {
 	script := "label: gpt\nstart=2048, size=49152, type=" + linuxFSType + ", name=\"rootfs\"\nstart=51200, size=16384, type=CA7D7CCB-63ED-4C53-861C-1742536059CC, name=\"secret\"\n"
 	testimg.Run(t, "sh", "-c", "sfdisk --no-reread --no-tell-kernel -q \"$1\" <<'EOF'\n"+script+"EOF\n", "sh", disk)
 	testimg.Run(t, "mkfs.ext4", "-q", "-F", "-L", "evidence", "-d", root, ext4)
-	testimg.CryptsetupFormat(t, luks, 8<<20, "inner passphrase", "--type", "luks1", "--pbkdf-force-iterations", "1000")
+	testimg.CryptsetupFormat(t, luks, 8<<20, innerPassphrase, "--type", "luks1", "--pbkdf-force-iterations", "1000")
+	key, payload := testimg.CryptsetupVolumeKey(t, luks, innerPassphrase)
+	innerPlain = testimg.RandomBytes(int(8<<20-payload), 61)
+	testimg.FillPayload(t, luks, payload, key, "aes-xts-plain64", 512, 0, innerPlain)
 	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -61,8 +66,10 @@ func forensicDisk(t *testing.T, dir, hostname string) string {
 			t.Fatal(err)
 		}
 	}
-	return disk
+	return disk, innerPlain
 }
+
+const innerPassphrase = "inner passphrase"
 
 // A mount shows each partition as a file: debugfs reads a known file out of
 // the ext4 in disk.p1 of an encrypted qcow2+LUKS image, fsck.ext4 -n finds
@@ -78,7 +85,7 @@ func TestMountPartitionFiles(t *testing.T) {
 		}
 	}
 	const hostname = "imgfs-forensics-host\n"
-	raw := forensicDisk(t, dir, hostname)
+	raw, innerPlain := forensicDisk(t, dir, hostname)
 	plain, err := os.ReadFile(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +110,16 @@ func TestMountPartitionFiles(t *testing.T) {
 		}
 	}
 
-	mnt, pid := mountDaemon(t, img, "--passphrase-file", pf)
+	innerPF := filepath.Join(dir, "inner.pass")
+	if err := os.WriteFile(innerPF, []byte(innerPassphrase), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, runImgfs(t, nil, "mount", img, t.TempDir(), "--passphrase-file", pf, "--partition-passphrase-file", "2="+pf), "no keyslot matches")
+	mustFail(t, runImgfs(t, nil, "mount", img, t.TempDir(), "--passphrase-file", pf, "--partition-passphrase-file", "1="+innerPF), "not a LUKS volume")
+	mnt, pid := mountDaemon(t, img, "--passphrase-file", pf, "--partition-passphrase-file", "2="+innerPF)
+	if got, err := os.ReadFile(filepath.Join(mnt, "disk.p2.plain")); err != nil || !bytes.Equal(got, innerPlain) {
+		t.Fatalf("disk.p2.plain differs from the inner LUKS volume's plaintext (%v)", err)
+	}
 	p1, err := os.ReadFile(filepath.Join(mnt, "disk.p1"))
 	if err != nil || !bytes.Equal(p1, plain[2048*512:(2048+49152)*512]) {
 		t.Fatalf("disk.p1 differs from the partition's bytes (%v)", err)

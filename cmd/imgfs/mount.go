@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,8 @@ import (
 	"github.com/imgfs/imgfs"
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/fusefs"
+	"github.com/imgfs/imgfs/keyring"
+	"github.com/imgfs/imgfs/luksio"
 )
 
 // daemonReadyEnv marks the re-executed child of `imgfs mount --daemon`: its
@@ -37,6 +40,7 @@ func mountCommand() *cli.Command {
 		cf                        catalogFlags
 		allowOther, daemon, debug bool
 		logPath                   string
+		partKeys                  cli.StringSlice
 	)
 	return &cli.Command{
 		Name:  "mount",
@@ -56,6 +60,7 @@ func mountCommand() *cli.Command {
 			&cli.BoolFlag{Name: "allow-other", Destination: &allowOther, Usage: "let other users read the mount (allow_other)"},
 			&cli.BoolFlag{Name: "daemon", Aliases: []string{"d"}, Destination: &daemon, Usage: "return once mounted and serve in the background"},
 			&cli.BoolFlag{Name: "debug", Destination: &debug, Usage: "log every FUSE request to stderr"},
+			&cli.StringSliceFlag{Name: "partition-passphrase-file", Destination: &partKeys, Usage: "`N=FILE`: open the LUKS volume in partition N with the passphrase in FILE and serve its plaintext as disk.pN.plain (repeatable)"},
 			&cli.StringFlag{Name: "log", Destination: &logPath, Usage: "append read errors (and, with --daemon, anything the daemon prints) to `FILE`"},
 		), cf.flags()...),
 		Action: func(c *cli.Context) error {
@@ -126,10 +131,64 @@ func mountCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
+			inner, err := openLUKSPartitions(c.Context, img, partKeys.Value())
+			if err != nil {
+				return fmt.Errorf("%s: %w", spec, err)
+			}
+			defer func() {
+				for _, v := range inner {
+					v.Close()
+				}
+			}()
+			for n, v := range inner {
+				fo.Extra = append(fo.Extra, fusefs.File{Name: n, Dev: v})
+			}
 			fo.AllowOther, fo.Debug, fo.Logger = allowOther, debug, logger
 			return serve(spec, dir, func() (*fusefs.Server, error) { return fusefs.Mount(dir, fo) }, readyFD, logFile)
 		},
 	}
+}
+
+// openLUKSPartitions unlocks the LUKS partitions that --partition-passphrase-file
+// gives keys for (N=FILE); it returns their plaintexts by file name
+// (disk.pN.plain). A LUKS partition without a key stays ciphertext.
+func openLUKSPartitions(ctx context.Context, img *imgfs.Image, specs []string) (map[string]*luksio.Volume, error) {
+	out := map[string]*luksio.Volume{}
+	if len(specs) == 0 {
+		return out, nil
+	}
+	fail := func(err error) (map[string]*luksio.Volume, error) {
+		for _, v := range out {
+			v.Close()
+		}
+		return nil, err
+	}
+	parts, err := img.Partitions()
+	if err != nil {
+		return fail(err)
+	}
+	for _, spec := range specs {
+		n, file, ok := strings.Cut(spec, "=")
+		idx, err := strconv.Atoi(n)
+		if !ok || err != nil || file == "" {
+			return fail(usageError("--partition-passphrase-file %q: want N=FILE (N the partition number)", spec))
+		}
+		var part *imgfs.PartitionFile
+		for i := range parts.Partitions {
+			if parts.Partitions[i].Index == idx {
+				part = &parts.Partitions[i]
+			}
+		}
+		if part == nil {
+			return fail(fmt.Errorf("--partition-passphrase-file: the disk has no partition %d", idx))
+		}
+		vol, err := img.OpenLUKSPartition(ctx, *part, keyring.PassphraseFile{Path: file})
+		if err != nil {
+			return fail(err)
+		}
+		out[part.File+".plain"] = vol
+	}
+	return out, nil
 }
 
 // mountOptions describes what the mount serves for img.
