@@ -131,3 +131,30 @@ func TestUploadNoConsumer(t *testing.T) {
 		t.Fatal("the default upload did not register the image as a consumer")
 	}
 }
+
+// An output that is the source itself — by another path, a hard link or
+// a loop device's backing file aside — is refused before anything is
+// written: writing a device in place while reading it would destroy it.
+func TestOutputIsSourceRefused(t *testing.T) {
+	dir := t.TempDir()
+	plain := testimg.RandomBytes(1<<20, 7)
+	src := testimg.WriteFile(t, dir, "disk.raw", plain)
+	link := filepath.Join(dir, "link.raw")
+	if err := os.Link(src, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"cat", src, "-o", link},
+		{"export", src, "--to", "raw", "-o", link},
+		{"export", src, "--to", "raw", "-o", filepath.Join(dir, ".", "disk.raw")},
+	} {
+		r := runImgfs(t, nil, args...)
+		mustFail(t, r, "is SOURCE itself")
+		if r.code != 2 {
+			t.Fatalf("%v: exit %d, want 2", args, r.code)
+		}
+		if got, _ := os.ReadFile(src); !bytes.Equal(got, plain) {
+			t.Fatalf("%v changed the source", args)
+		}
+	}
+}

@@ -225,10 +225,11 @@ func TestExportIntoDeviceSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	plain := testimg.RandomBytes(64<<20, 167)
 	testimg.WriteFile(t, dir, "plain.raw", plain)
-	files := http.FileServer(http.Dir(dir))
+	// A slow body, not a slow request: imgfs's requests grow to tens of
+	// MiB in a sequential run, so a per-request delay would let the
+	// export finish before its first progress report.
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(100 * time.Millisecond)
-		files.ServeHTTP(w, r)
+		http.ServeContent(w, r, "plain.raw", time.Time{}, &slowReader{bytes.NewReader(plain)})
 	}))
 	defer slow.Close()
 	dev := loopDevice(t, int64(len(plain)))
@@ -457,4 +458,12 @@ func TestEncryptIntoLoopDevice(t *testing.T) {
 	if got := mustImgfs(t, nil, "cat", "--passphrase-file", pf, dev); !bytes.Equal(got, plain) {
 		t.Fatal("the device's plaintext differs")
 	}
+}
+
+// slowReader delivers at most about 6 MB/s (32 KiB every 5 ms).
+type slowReader struct{ *bytes.Reader }
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(5 * time.Millisecond)
+	return r.Reader.Read(p[:min(len(p), 32<<10)])
 }

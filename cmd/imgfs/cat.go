@@ -66,6 +66,9 @@ func catCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
+			if err := checkNotSource(spec, outPath); err != nil {
+				return err
+			}
 			out := ofl.output(outPath, nil)
 			out.ceph = opts.Ceph
 			if off == 0 && n == size && img.CanVerify() {

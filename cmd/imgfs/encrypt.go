@@ -125,6 +125,9 @@ func encryptCommand() *cli.Command {
 					return usageError("encrypt: OUTPUT is INPUT")
 				}
 			}
+			if err := checkNotSource(spec, outPath); err != nil {
+				return err
+			}
 			pass, err := src.Passphrase(c.Context)
 			if err != nil {
 				return fmt.Errorf("key: %w", err)

@@ -67,6 +67,9 @@ func exportCommand() *cli.Command {
 			if err := checkOutput(outPath); err != nil {
 				return err
 			}
+			if err := checkNotSource(spec, outPath); err != nil {
+				return err
+			}
 			if err := nk.check(); err != nil {
 				return err
 			}

@@ -23,6 +23,23 @@ func checkOutput(path string) error {
 	return nil
 }
 
+// checkNotSource refuses an output that is the source itself (the same
+// file or block device, by any path): writing a device in place while it
+// is read would destroy it.
+func checkNotSource(spec, path string) error {
+	if path == "" || path == "-" {
+		return nil
+	}
+	in, err := os.Stat(spec)
+	if err != nil {
+		return nil // not a local file: a URL, a Glance id, rbd:
+	}
+	if out, err := os.Stat(path); err == nil && os.SameFile(in, out) {
+		return usageError("-o %s is SOURCE itself: write somewhere else", path)
+	}
+	return nil
+}
+
 // interruptible cancels ctx on SIGINT or SIGTERM, so that an interrupted
 // export stops cleanly and removes its temporary file.
 func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
