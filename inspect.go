@@ -42,11 +42,9 @@ func Inspect(ctx context.Context, img *Image, policy sniff.Policy) (*Inspection,
 	case out.Outer.Encrypted && !img.HasKey():
 		out.InnerNote = "not examined: the image is encrypted and no key was given (--passphrase-file, --key-file or --key-id)"
 	default:
-		outer := img.Info
 		if err := img.OpenDisk(ctx); err != nil {
 			return nil, err
 		}
-		out.Outer = outer
 		rep, err := sniff.Identify(img.Disk, img.Disk.Size())
 		if err != nil {
 			return nil, fmt.Errorf("plaintext: %w", err)

@@ -133,7 +133,7 @@ func TestKeyFetchOverlapsHeaderReads(t *testing.T) {
 func TestPrefetchedKeyDiscarded(t *testing.T) {
 	key := &gatedKey{pass: "unused", asked: make(chan struct{}), allowed: make(chan struct{})}
 	close(key.allowed)
-	if _, err := OpenDevice(context.Background(), bytesDevice(make([]byte, 1<<20)), Options{Key: key}); err == nil {
+	if _, err := OpenDevice(context.Background(), bytes.NewReader(make([]byte, 1<<20)), Options{Key: key}); err == nil {
 		t.Fatal("a key for an unencrypted image was accepted")
 	}
 	for _, early := range []bool{true, false} {

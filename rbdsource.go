@@ -44,7 +44,7 @@ type rbdDevice struct {
 	mu      sync.RWMutex
 	cluster *rbd.Cluster
 	image   *rbd.Image
-	stale   bool           // the last read timed out: reconnect first
+	stale   atomic.Bool    // the last read timed out: reconnect first
 	old     blockdev.Stats // counters of replaced images
 
 	untrimmed atomic.Int64 // bytes read since the last rbd.TrimMemory
@@ -74,7 +74,7 @@ func (d *rbdDevice) Stats() blockdev.Stats {
 // ReadAt implements io.ReaderAt.
 func (d *rbdDevice) ReadAt(p []byte, off int64) (int, error) {
 	var n int
-	err := d.do(func(im *rbd.Image) error {
+	err := d.do(int64(len(p)), func(im *rbd.Image) error {
 		var err error
 		n, err = im.ReadAt(p, off)
 		return err
@@ -84,35 +84,39 @@ func (d *rbdDevice) ReadAt(p []byte, off int64) (int, error) {
 
 // ReadVecAt implements blockdev.VectorReader.
 func (d *rbdDevice) ReadVecAt(bufs [][]byte, off int64) error {
-	return d.do(func(im *rbd.Image) error { return im.ReadVecAt(bufs, off) })
+	want := int64(0)
+	for _, b := range bufs {
+		want += int64(len(b))
+	}
+	return d.do(want, func(im *rbd.Image) error { return im.ReadVecAt(bufs, off) })
 }
 
-func (d *rbdDevice) do(read func(*rbd.Image) error) error {
+// do runs read on the current connection; want is the bytes it asks for.
+// Reads run in parallel (a read lock each); only a reconnect excludes them.
+func (d *rbdDevice) do(want int64, read func(*rbd.Image) error) error {
 	if err := d.reconnectIfStale(); err != nil {
 		return err
 	}
 	d.mu.RLock()
-	before := d.image.Stats().BytesFetched
 	err := read(d.image)
-	n := d.image.Stats().BytesFetched - before
 	d.mu.RUnlock()
-	if d.untrimmed.Add(n) >= trimEvery {
-		d.untrimmed.Store(0)
+	if err == nil && d.untrimmed.Add(want) >= trimEvery && d.untrimmed.Swap(0) >= trimEvery {
 		rbd.TrimMemory()
 	}
 	if errors.Is(err, rbd.ErrTimeout) {
-		d.mu.Lock()
-		d.stale = true
-		d.mu.Unlock()
+		d.stale.Store(true)
 	}
 	return err
 }
 
 // reconnectIfStale replaces the connection after a timed-out read.
 func (d *rbdDevice) reconnectIfStale() error {
+	if !d.stale.Load() {
+		return nil // the common case: no lock, so reads stay parallel
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.stale {
+	if !d.stale.Load() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.TimeoutOrDefault())
@@ -138,7 +142,8 @@ func (d *rbdDevice) reconnectIfStale() error {
 	d.old = d.old.Add(d.image.Stats())
 	d.image.Close()
 	d.cluster.Close()
-	d.cluster, d.image, d.stale = c, im, false
+	d.cluster, d.image = c, im
+	d.stale.Store(false)
 	return nil
 }
 

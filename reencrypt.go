@@ -1,6 +1,7 @@
 package imgfs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -74,6 +75,9 @@ func (img *Image) RawLUKSNewKey(ctx context.Context, newPass []byte, opts luksio
 	if !img.Info.Encrypted {
 		return nil, 0, ErrNotEncryptedView
 	}
+	if !img.HasKey() {
+		return nil, 0, fmt.Errorf("a new key needs the image's current key: %w", luksio.ErrKeyRequired)
+	}
 	if h := img.Info.LUKS; h != nil && h.Version != 1 {
 		return nil, 0, fmt.Errorf("a new key for a LUKS%d volume: only LUKS1 headers are re-wrapped (export without a new key, then use cryptsetup luksAddKey/luksKillSlot): %w", h.Version, blockdev.ErrUnsupported)
 	}
@@ -96,14 +100,14 @@ func (img *Image) RawLUKSNewKey(ctx context.Context, newPass []byte, opts luksio
 	if err := blockdev.ReadFull(area, buf, 0); err != nil {
 		return nil, 0, fmt.Errorf("LUKS header area: %w", err)
 	}
-	h, err := luksio.ReadHeader(area, area.Size())
+	// The header and keyslots are in buf: parse and unlock from memory,
+	// not with a second read of a (maybe remote) device.
+	mem := bytes.NewReader(buf)
+	h, err := luksio.ReadHeader(mem, mem.Size())
 	if err != nil {
 		return nil, 0, err
 	}
-	if !img.HasKey() {
-		return nil, 0, fmt.Errorf("a new key needs the image's current key: %w", luksio.ErrKeyRequired)
-	}
-	key, err := unlockLUKS(ctx, area, h, img.opts)
+	key, err := unlockLUKS(ctx, mem, h, img.opts)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -115,7 +119,7 @@ func (img *Image) RawLUKSNewKey(ctx context.Context, newPass []byte, opts luksio
 	if img.Info.Format == FormatLUKS {
 		return &headOverlay{head: newArea, dev: img.Stored}, slot, nil
 	}
-	v, err := luksio.NewRawView(img.Disk, bytesDevice(newArea), img.enc.SectorCipher())
+	v, err := luksio.NewRawView(img.Disk, bytes.NewReader(newArea), img.enc.SectorCipher())
 	return v, slot, err
 }
 
@@ -144,18 +148,5 @@ func (o *headOverlay) ReadAt(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
-	return n, eof
-}
-
-// bytesDevice is a Device over a byte slice.
-type bytesDevice []byte
-
-func (b bytesDevice) Size() int64 { return int64(len(b)) }
-func (b bytesDevice) ReadAt(p []byte, off int64) (int, error) {
-	n, eof := blockdev.Clip(p, off, int64(len(b)))
-	if n == 0 {
-		return 0, eof
-	}
-	copy(p[:n], b[off:])
 	return n, eof
 }

@@ -160,3 +160,34 @@ func firstError(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
 }
+
+// PBKDF2 work counts the key's hash-sized blocks: a 512-bit keyslot key
+// from sha1 (20-byte blocks) costs 4 times its iterations, so a header
+// cannot run 4 times the budget by choosing a short hash and a long key.
+// (The budget used to count the stated iterations only.)
+func TestKDFBudgetCountsOutputBlocks(t *testing.T) {
+	testimg.Need(t, "cryptsetup")
+	p := filepath.Join(t.TempDir(), "sha1.luks")
+	testimg.CryptsetupFormat(t, p, 4<<20, luks1Pass, "--type", "luks1", "--hash", "sha1", "--key-size", "512", "--pbkdf-force-iterations", "5000")
+	f := openFile(t, p)
+	h, err := ReadHeader(f, f.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, digest := uint64(h.Keyslots[0].Iterations), uint64(h.digests[0].iterations)
+	// Enough for the stated iterations, not for the work they cause.
+	stated := UnlockOptions{Slot: -1, MaxKDFIterations: uint32(slot + digest)}
+	if _, err := h.Unlock(f, []byte(luks1Pass), stated); !errors.Is(err, ErrKDFTooExpensive) {
+		t.Fatalf("unlock within the stated iterations but 4x their work: %v, want ErrKDFTooExpensive", err)
+	}
+	c := countKDF(t)
+	work := UnlockOptions{Slot: -1, MaxKDFIterations: uint32(4*slot + digest)}
+	k, err := h.Unlock(f, []byte(luks1Pass), work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Close()
+	if c.pbkdf2 != 4*slot+digest {
+		t.Fatalf("counted %d PBKDF2 block-iterations, want %d", c.pbkdf2, 4*slot+digest)
+	}
+}

@@ -206,6 +206,19 @@ func (b *kdfBudget) spend(ks Keyslot, iterations, argon2 uint64) error {
 	return nil
 }
 
+// pbkdf2Work is the cost of a PBKDF2 derivation in iterations of one
+// output block: PBKDF2 runs its iterations once per hash-sized block of the
+// key, so a 64-byte key from sha1 (20 bytes) costs 4 times the stated
+// iterations. The unlock budget counts this, not the header's number.
+func pbkdf2Work(hashName string, iterations uint32, keyLen int) uint64 {
+	blocks := uint64(1)
+	if newHash, err := hashByName(hashName); err == nil && keyLen > 0 {
+		size := newHash().Size()
+		blocks = uint64((keyLen + size - 1) / size)
+	}
+	return uint64(iterations) * blocks
+}
+
 // kdfWork, when set (by tests), is told the work of every KDF run: PBKDF2
 // iterations or argon2 KiB × passes.
 var kdfWork func(kdf string, work uint64)
@@ -239,14 +252,14 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 				return nil, fmt.Errorf("keyslot %d: digest has %d PBKDF2 iterations (limit %d): %w", ks.Index, d.iterations, opts.MaxKDFIterations, ErrKDFTooExpensive)
 			}
 			digests = append(digests, d)
-			iterations += uint64(d.iterations)
+			iterations += pbkdf2Work(d.hash, d.iterations, len(d.value))
 		}
 	}
 	if len(digests) == 0 {
 		return nil, corruptf("luks%d: keyslot %d has no digest", h.Version, ks.Index)
 	}
 	if ks.KDF == "pbkdf2" {
-		iterations += uint64(ks.Iterations)
+		iterations += pbkdf2Work(ks.Hash, ks.Iterations, ks.areaKeyBytes)
 	} else {
 		argon2 = uint64(ks.MemoryKiB) * uint64(ks.Iterations)
 	}
@@ -261,7 +274,7 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 			return nil, err
 		}
 		if kdfWork != nil {
-			kdfWork("pbkdf2", uint64(ks.Iterations))
+			kdfWork("pbkdf2", pbkdf2Work(ks.Hash, ks.Iterations, ks.areaKeyBytes))
 		}
 		slotKey = pbkdf2Key(newHash, passphrase, ks.salt, int(ks.Iterations), ks.areaKeyBytes)
 	case "argon2i", "argon2id":
@@ -303,7 +316,7 @@ func (h *Header) tryKeyslot(r io.ReaderAt, ks Keyslot, passphrase []byte, opts U
 			return nil, err
 		}
 		if kdfWork != nil {
-			kdfWork("pbkdf2", uint64(d.iterations))
+			kdfWork("pbkdf2", pbkdf2Work(d.hash, d.iterations, len(d.value)))
 		}
 		sum := pbkdf2Key(newHash, key, d.salt, int(d.iterations), len(d.value))
 		ok := subtle.ConstantTimeCompare(sum, d.value) == 1

@@ -116,6 +116,7 @@ func TestMountPartitionFiles(t *testing.T) {
 	}
 	mustFail(t, runImgfs(t, nil, "mount", img, t.TempDir(), "--passphrase-file", pf, "--partition-passphrase-file", "2="+pf), "no keyslot matches")
 	mustFail(t, runImgfs(t, nil, "mount", img, t.TempDir(), "--passphrase-file", pf, "--partition-passphrase-file", "1="+innerPF), "not a LUKS volume")
+	mustFail(t, runImgfs(t, nil, "mount", img, t.TempDir(), "--passphrase-file", pf, "--partition-passphrase-file", "2="+innerPF, "--partition-passphrase-file", "2="+innerPF), "partition 2 given twice")
 	mnt, pid := mountDaemon(t, img, "--passphrase-file", pf, "--partition-passphrase-file", "2="+innerPF)
 	if got, err := os.ReadFile(filepath.Join(mnt, "disk.p2.plain")); err != nil || !bytes.Equal(got, innerPlain) {
 		t.Fatalf("disk.p2.plain differs from the inner LUKS volume's plaintext (%v)", err)

@@ -94,6 +94,9 @@ func Write(ctx context.Context, path string, d blockdev.Device, opts Options) (S
 	if opts.Verify && (kind == KindStdout || kind == KindStream) {
 		return Stats{}, fmt.Errorf("verify: %s cannot be read back; -o must be a file or a block device", nameOf(path))
 	}
+	if opts.TargetIsZero && kind != KindBlockDevice {
+		return Stats{}, fmt.Errorf("--target-is-zero: %s is not a block device (files are written sparse anyway)", nameOf(path))
+	}
 	switch kind {
 	case KindBlockDevice:
 		b, err := OpenBlockDevice(path)

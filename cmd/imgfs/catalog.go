@@ -139,7 +139,7 @@ func openCatalogImage(ctx context.Context, id string, opts imgfs.Options) (*fuse
 		img.Close()
 		return nil, fmt.Errorf("judged unsafe: %s", strings.Join(img.Info.Reasons, "; "))
 	}
-	fo, err := mountOptions(img)
+	fo, _, err := mountOptions(img)
 	if err != nil {
 		img.Close()
 		return nil, err

@@ -42,7 +42,6 @@ func mapCommand() *cli.Command {
 				return fmt.Errorf("%s: the image is unsafe: %s", spec, safeText(fmt.Sprint(img.Info.Reasons)))
 			}
 			w := bufio.NewWriter(os.Stdout)
-			defer w.Flush()
 			n := 0
 			if jsonFlag {
 				fmt.Fprint(w, "[")
@@ -80,6 +79,9 @@ func mapCommand() *cli.Command {
 			})
 			if jsonFlag {
 				fmt.Fprint(w, "]\n")
+			}
+			if ferr := w.Flush(); err == nil && ferr != nil {
+				return fmt.Errorf("write: %w", ferr)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)

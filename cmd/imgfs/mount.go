@@ -113,6 +113,9 @@ func mountCommand() *cli.Command {
 				defer logFile.Close()
 				logger = log.New(logFile, "", log.LstdFlags)
 			}
+			if cf.on && len(partKeys.Value()) > 0 {
+				return usageError("mount: --partition-passphrase-file takes one image, not --catalog")
+			}
 			if cf.on {
 				cf.perImageSet, cf.blockSet = c.IsSet("cache-size"), c.IsSet("block-size")
 				co, err := catalogMount(c.Context, &cf, opts)
@@ -127,11 +130,11 @@ func mountCommand() *cli.Command {
 				return err
 			}
 			defer img.Close()
-			fo, err := mountOptions(img)
+			fo, parts, err := mountOptions(img)
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
-			inner, err := openLUKSPartitions(c.Context, img, partKeys.Value())
+			inner, err := openLUKSPartitions(c.Context, img, parts, partKeys.Value())
 			if err != nil {
 				return fmt.Errorf("%s: %w", spec, err)
 			}
@@ -152,7 +155,7 @@ func mountCommand() *cli.Command {
 // openLUKSPartitions unlocks the LUKS partitions that --partition-passphrase-file
 // gives keys for (N=FILE); it returns their plaintexts by file name
 // (disk.pN.plain). A LUKS partition without a key stays ciphertext.
-func openLUKSPartitions(ctx context.Context, img *imgfs.Image, specs []string) (map[string]*luksio.Volume, error) {
+func openLUKSPartitions(ctx context.Context, img *imgfs.Image, parts *imgfs.Partitions, specs []string) (map[string]*luksio.Volume, error) {
 	out := map[string]*luksio.Volume{}
 	if len(specs) == 0 {
 		return out, nil
@@ -162,10 +165,6 @@ func openLUKSPartitions(ctx context.Context, img *imgfs.Image, specs []string) (
 			v.Close()
 		}
 		return nil, err
-	}
-	parts, err := img.Partitions()
-	if err != nil {
-		return fail(err)
 	}
 	for _, spec := range specs {
 		n, file, ok := strings.Cut(spec, "=")
@@ -186,22 +185,28 @@ func openLUKSPartitions(ctx context.Context, img *imgfs.Image, specs []string) (
 		if err != nil {
 			return fail(err)
 		}
-		out[part.File+".plain"] = vol
+		name := part.File + ".plain"
+		if _, dup := out[name]; dup {
+			vol.Close()
+			return fail(usageError("--partition-passphrase-file: partition %d given twice", idx))
+		}
+		out[name] = vol
 	}
 	return out, nil
 }
 
-// mountOptions describes what the mount serves for img.
-func mountOptions(img *imgfs.Image) (fusefs.Options, error) {
+// mountOptions describes what the mount serves for img, and returns the
+// partition table it found (empty if none could be read).
+func mountOptions(img *imgfs.Image) (fusefs.Options, *imgfs.Partitions, error) {
 	js, err := json.MarshalIndent(img.Info, "", "  ")
 	if err != nil {
-		return fusefs.Options{}, fmt.Errorf("image.json: %w", err)
+		return fusefs.Options{}, nil, fmt.Errorf("image.json: %w", err)
 	}
 	opts := fusefs.Options{Disk: img.Disk, ImageJSON: append(js, '\n')}
 	if img.Info.Encrypted {
 		opts.Encrypted = img.Stored
 		if opts.RawLUKS, err = img.RawLUKS(); err != nil {
-			return opts, fmt.Errorf("disk.luks: %w", err)
+			return opts, nil, fmt.Errorf("disk.luks: %w", err)
 		}
 	}
 	// Unknown (-1) when Open deferred the L2 checks of a large image: the
@@ -221,7 +226,7 @@ func mountOptions(img *imgfs.Image) (fusefs.Options, error) {
 		}
 		js, err := json.MarshalIndent(parts, "", "  ")
 		if err != nil {
-			return opts, fmt.Errorf("partitions.json: %w", err)
+			return opts, nil, fmt.Errorf("partitions.json: %w", err)
 		}
 		opts.Extra = append(opts.Extra, fusefs.File{Name: "partitions.json", Dev: bytes.NewReader(append(js, '\n'))})
 	}
@@ -235,7 +240,7 @@ func mountOptions(img *imgfs.Image) (fusefs.Options, error) {
 			return append(b, '\n')
 		}
 	}
-	return opts, nil
+	return opts, parts, nil
 }
 
 // serve mounts and serves until unmounted or signalled.

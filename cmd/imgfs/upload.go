@@ -211,7 +211,11 @@ func uploadSecret(ctx context.Context, kc *gophercloud.ServiceClient, keyID stri
 // uploadTempFile reserves a 0600 file for the ciphertext beside INPUT, or
 // in $TMPDIR when INPUT's directory is not writable.
 func uploadTempFile(spec string) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(spec), ".imgfs-upload-*")
+	dir := "" // $TMPDIR: INPUT may be a block device, and /dev is no place for an image
+	if fi, err := os.Stat(spec); err == nil && fi.Mode().IsRegular() {
+		dir = filepath.Dir(spec)
+	}
+	f, err := os.CreateTemp(dir, ".imgfs-upload-*")
 	if err != nil {
 		if f, err = os.CreateTemp("", ".imgfs-upload-*"); err != nil {
 			return "", err
