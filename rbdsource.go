@@ -336,7 +336,7 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 	}
 	cache := src.dev.(*remote.Cache)
 	src.info = map[string]any{"mode": liveMode{cache}, "direct": d.reason}
-	if hash.Algo != "" && hash.Supported() {
+	if hash.Supported() {
 		src.verify = cache.Verify
 	}
 	return src, nil

@@ -263,7 +263,7 @@ func (g *Glance) Close() error {
 // Glance may state an os_hash_algo that Go does not implement.
 func (g *Glance) Verifiable() bool {
 	h := g.Image.Hash()
-	return h.Algo != "" && h.Supported()
+	return h.Supported()
 }
 
 // Verify checks the whole image against its Glance checksum, reading

@@ -173,7 +173,6 @@ func NewSymmetricSecret(ctx context.Context, kc *gophercloud.ServiceClient, name
 
 func createSecret(ctx context.Context, kc *gophercloud.ServiceClient, opts secrets.CreateOpts, pass []byte) (*Secret, error) {
 	s, err := secrets.Create(ctx, kc, opts).Extract()
-	opts.Payload = ""
 	if err != nil {
 		keyring.Zero(pass)
 		return nil, fmt.Errorf("barbican secret create: %s", DescribeAPIError(err))

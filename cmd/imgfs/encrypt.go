@@ -92,7 +92,7 @@ func encryptCommand() *cli.Command {
 			"INPUT may be a file, an http(s) URL or a Glance image.",
 		ArgsUsage: "INPUT",
 		Flags: append(append(append(ef.flags("output format: luks (raw LUKS1) or qcow2+luks (qcow2 v3 with LUKS1 encryption, zero clusters unallocated)"),
-			key.flags()[:2]...), // --passphrase-file, --key-file
+			key.sourceFlags()...),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"}),
 			append(ofl.flags(), ofl.ceph.flags()...)...),
 		Action: func(c *cli.Context) error {

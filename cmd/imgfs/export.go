@@ -40,7 +40,7 @@ func exportCommand() *cli.Command {
 		ArgsUsage: "SOURCE",
 		Flags: append(append(of.flags(),
 			&cli.StringFlag{Name: "to", Destination: &to, Usage: "target format: luks, raw or qcow2 (qcow2+LUKS with the same keyslots for an encrypted SOURCE)"},
-			nl.flags()[0], // --cluster-size
+			nl.clusterSizeFlag(),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Destination: &outPath, Usage: "write to `FILE` (created atomically), a block device (in place), an RBD image (rbd:POOL/IMAGE) or - (stdout)"},
 		), append(append(pf.flags(), ofl.flags()...), nk.flags()...)...),
 		Action: func(c *cli.Context) (err error) {

@@ -31,15 +31,21 @@ type keyFlags struct {
 	maxIterations, maxTime             uint64
 }
 
-func (k *keyFlags) flags() []cli.Flag {
+// sourceFlags are the flags that say where the passphrase comes from.
+func (k *keyFlags) sourceFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "passphrase-file", Destination: &k.passphraseFile, Usage: "read the LUKS passphrase from `FILE` (- = stdin; one trailing newline is stripped)"},
 		&cli.StringFlag{Name: "key-file", Destination: &k.keyFile, Usage: "read a binary key from `FILE` (- = stdin); its lowercase hex is the passphrase (OpenStack's rule)"},
+	}
+}
+
+func (k *keyFlags) flags() []cli.Flag {
+	return append(k.sourceFlags(),
 		&cli.IntFlag{Name: "key-slot", Value: -1, Destination: &k.slot, Usage: "try only keyslot `N` (default: every active slot)"},
 		&cli.StringFlag{Name: "max-kdf-memory", Value: "4GiB", Destination: &k.maxMemory, Usage: "refuse argon2 keyslots needing more than `SIZE` of memory (one budget for the whole unlock)"},
 		&cli.Uint64Flag{Name: "max-kdf-iterations", Value: luksio.DefaultMaxKDFIterations, Destination: &k.maxIterations, Usage: "stop unlocking once the keyslots and digests tried would cost more than `N` PBKDF2 iterations in all"},
 		&cli.Uint64Flag{Name: "max-kdf-time", Value: luksio.DefaultMaxKDFTime, Destination: &k.maxTime, Usage: "bound argon2 work: memory × passes summed over the keyslots tried stays within --max-kdf-memory × `N`"},
-	}
+	)
 }
 
 // source returns the key source the flags name, or nil for none.
@@ -204,9 +210,14 @@ type newLUKSFlags struct {
 	iterations                uint
 }
 
+// clusterSizeFlag is --cluster-size alone (export --to qcow2).
+func (n *newLUKSFlags) clusterSizeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "cluster-size", Value: "64K", Destination: &n.clusterSize, Usage: "qcow2 cluster `SIZE` (4K to 2M)"}
+}
+
 func (n *newLUKSFlags) flags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "cluster-size", Value: "64K", Destination: &n.clusterSize, Usage: "qcow2 cluster `SIZE` (4K to 2M)"},
+		n.clusterSizeFlag(),
 		&cli.StringFlag{Name: "cipher", Value: luksio.DefaultCipher, Destination: &n.cipher, Usage: "dm-crypt cipher `SPEC` (aes-xts-plain64, aes-cbc-essiv:sha256, ...)"},
 		&cli.IntFlag{Name: "key-size", Destination: &n.keySize, Usage: "volume key size in `BITS` (default 512 for XTS, 256 otherwise)"},
 		&cli.StringFlag{Name: "hash", Value: luksio.DefaultHash, Destination: &n.hash, Usage: "PBKDF2 and AF `HASH` (sha1, sha256, sha512)"},

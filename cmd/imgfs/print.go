@@ -143,9 +143,9 @@ func statsLine(img *imgfs.Image) string {
 }
 
 // sourceArg returns the single SOURCE argument.
-func sourceArg(name string, args []string, extra ...string) error {
-	if len(args) != 1+len(extra) {
-		return usageError("%s: want %s", name, strings.Join(append([]string{"SOURCE"}, extra...), " "))
+func sourceArg(name string, args []string) error {
+	if len(args) != 1 {
+		return usageError("%s: want SOURCE", name)
 	}
 	return nil
 }

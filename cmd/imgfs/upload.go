@@ -41,7 +41,7 @@ func uploadCommand() *cli.Command {
 			"is printed on stdout; key material never is.",
 		ArgsUsage: "INPUT",
 		Flags: append(append(ef.flags("uploaded format: luks (raw LUKS1, disk_format luks) or qcow2+luks (disk_format qcow2)"),
-			key.flags()[:2]...), // --passphrase-file, --key-file
+			key.sourceFlags()...),
 			&cli.StringFlag{Name: "key-id", Destination: &keyID, Usage: "encrypt with the existing Barbican secret `ID` (or href) instead of creating one"},
 			&cli.StringFlag{Name: "name", Destination: &name, Usage: "Glance image `NAME` (default: INPUT's file name)"},
 			&cli.StringFlag{Name: "os-cloud", EnvVars: []string{"OS_CLOUD"}, Destination: &cloudName, Usage: "clouds.yaml entry `NAME` for Glance and Barbican (default: OS_CLOUD, else the OS_* variables)"},
