@@ -92,6 +92,10 @@ type Cache struct {
 	// behind is where the sequential reader's drop-behind stands (a
 	// block index) when hashing keeps blocks it has read past.
 	behind atomic.Int64
+	// st is the streaming request of the current long run, if any;
+	// streamFails counts streams that failed (see streamFailures).
+	st          *stream
+	streamFails int
 
 	vmu   sync.Mutex
 	vhash hash.Hash
@@ -221,6 +225,7 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	if ps := c.opts.SmallReadSize; ps > 0 && int64(n) <= ps && off/ps == (off+int64(n)-1)/ps && c.isolated(off) {
 		units = []*cblock{c.get(off/ps, true, false)}
 	} else {
+		c.streamClaim(first, last)
 		units = c.getRange(first, last, false)
 	}
 	sequential := c.readAhead(off, int64(n), last)
@@ -244,7 +249,8 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	}
 	defer c.release(units, dropBefore)
 	done := 0
-	for _, b := range units {
+	for i := 0; i < len(units); i++ {
+		b := units[i]
 		select {
 		case <-b.ready:
 		default:
@@ -259,6 +265,13 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 			case <-c.ctx.Done():
 				return done, errSourceClosed
 			}
+		}
+		if errors.Is(b.err, errStreamStopped) {
+			// The stream that had claimed it ended first: fetch it now.
+			units[i] = c.get(b.idx, b.piece, false)
+			c.release([]*cblock{b}, -1)
+			i--
+			continue
 		}
 		if b.err != nil {
 			return done, b.err
@@ -328,6 +341,7 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 		c.lastEnd = off + n
 	}
 	ahead := int64(0)
+	run := c.seqBytes / bs
 	sequential = c.seqBytes >= 2*bs
 	if sequential {
 		ahead = min(grown, c.seqBytes/bs)
@@ -363,6 +377,9 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 			return sequential
 		}
 	}
+	if c.streamRun(front, end, run) {
+		return sequential
+	}
 	missing := int64(0)
 	c.mu.Lock()
 	for i := front + 1; i <= end; i++ {
@@ -391,6 +408,11 @@ func (c *Cache) get(idx int64, piece, prefetch bool) *cblock {
 func (c *Cache) claim(idx int64, piece, prefetch bool) (*cblock, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.claimLocked(idx, piece, prefetch)
+}
+
+// claimLocked is claim with c.mu held.
+func (c *Cache) claimLocked(idx int64, piece, prefetch bool) (*cblock, bool) {
 	m := c.mapFor(piece)
 	if b, ok := m[idx]; ok {
 		if !prefetch {
@@ -610,6 +632,14 @@ func (c *Cache) release(units []*cblock, dropBefore int64) {
 // c.used since reserve) or err. A unit that was dropped meanwhile (Close)
 // gives its reservation back at once.
 func (c *Cache) finish(b *cblock, data []byte, reserved int64, err error) {
+	c.settle(b, data, reserved, err)
+	if err == nil && !b.piece && c.vhash != nil {
+		c.advanceVerify(false)
+	}
+}
+
+// settle is finish without hashing.
+func (c *Cache) settle(b *cblock, data []byte, reserved int64, err error) {
 	c.mu.Lock()
 	m := c.mapFor(b.piece)
 	switch {
@@ -630,8 +660,15 @@ func (c *Cache) finish(b *cblock, data []byte, reserved int64, err error) {
 	}
 	c.mu.Unlock()
 	close(b.ready)
-	if err == nil && !b.piece && c.vhash != nil {
-		c.advanceVerify(false)
+}
+
+// finishStreamed is finish for a block a stream filled: the hash runs on
+// another goroutine, so that the stream goes on reading the network
+// meanwhile.
+func (c *Cache) finishStreamed(b *cblock, data []byte) {
+	c.settle(b, data, int64(len(data)), nil)
+	if c.vhash != nil {
+		go c.advanceVerify(false)
 	}
 }
 
@@ -688,6 +725,10 @@ func (c *Cache) Verify(ctx context.Context) error {
 				err = b.err
 			case <-ctx.Done():
 				err = ctx.Err()
+			}
+			if errors.Is(err, errStreamStopped) {
+				c.release(units[i:], -1)
+				break // fetch the rest again
 			}
 			if err != nil {
 				c.release(units[i:], -1)

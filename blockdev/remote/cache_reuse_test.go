@@ -112,6 +112,7 @@ func TestCacheVerifiedSequentialReaderDropsBehind(t *testing.T) {
 		if limit := int64(96 << 20); maxUsed > limit { // hasher lag plus a read-ahead window that may grow to 64 MiB requests; without drop-behind: all 128 MiB
 			t.Fatalf("a verified 128 MiB sequential read held up to %d bytes in the cache, want <= %d", maxUsed, limit)
 		}
+		t.Logf("corrupt %v: %+v", corrupt, c.Stats())
 		if st := c.Stats(); st.BytesFetched != int64(len(data)) {
 			t.Fatalf("fetched %d bytes, want %d (once)", st.BytesFetched, len(data))
 		}

@@ -421,6 +421,48 @@ func (h *HTTP) ReadVecEach(bufs [][]byte, off int64, done func(i int)) error {
 	return nil
 }
 
+// errStreamStopped ends a stream whose reader asked for no more units.
+var errStreamStopped = errors.New("stream stopped by its reader")
+
+// StreamUnits reads the object from off to its end with one request, as
+// a sequential reader goes: next(i) is called before unit i (unit bytes,
+// the last one shorter) is read and returns its buffer, blocking as long
+// as the reader is far enough ahead, or nil to end the stream; done(i)
+// follows as soon as the unit is filled. The request is not retried: a
+// stream that breaks returns its error and the caller reads the rest by
+// ranges (which are). In sequential mode it returns errNoStream at once.
+func (h *HTTP) StreamUnits(ctx context.Context, off, unit int64, next func(i int64) []byte, done func(i int64)) error {
+	h.mu.Lock()
+	seq := h.seq
+	h.mu.Unlock()
+	if seq != nil {
+		return errNoStream
+	}
+	if off < 0 || off >= h.size || unit <= 0 {
+		return fmt.Errorf("%s: stream at %d: past the end (%d bytes): %w", h.name, off, h.size, io.ErrUnexpectedEOF)
+	}
+	want := h.size - off
+	count := (want + unit - 1) / unit
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(h.ctx, cancel)
+	defer stop()
+	_, err := h.rangeUnits(ctx, off, want, int(count), func(i int) []byte { return next(int64(i)) }, false, true, func(i int) { done(int64(i)) })
+	var sw *switchError
+	if errors.As(err, &sw) {
+		if sw.cancel != nil {
+			sw.resp.Body.Close()
+			sw.cancel()
+		}
+		return errNoStream
+	}
+	return err
+}
+
+// errNoStream: the source cannot stream (sequential mode, or a server that
+// answered the stream's request without honouring its range).
+var errNoStream = errors.New("no stream: the server does not serve ranges")
+
 // withRetry runs one request under the retry policy, renewing the token
 // once on a 401.
 func (h *HTTP) withRetry(ctx context.Context, fn func() error) error {
@@ -567,12 +609,27 @@ func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bo
 	for _, b := range bufs {
 		want += len(b)
 	}
-	end := off + int64(want) - 1
+	return h.rangeUnits(ctx, off, int64(want), len(bufs), func(i int) []byte { return bufs[i] }, probe, false, filled)
+}
+
+// rangeUnits is rangeOnce for want bytes in count consecutive buffers that
+// bufAt gives one at a time, just before each is read into: a stream
+// (bufAt not known in advance, RequestTimeout not applied) asks for its
+// memory only as the bytes come; bufAt returning nil ends the request
+// there with errStreamStopped.
+func (h *HTTP) rangeUnits(ctx context.Context, off, want int64, count int, bufAt func(i int) []byte, probe, stream bool, filled func(i int)) (int64, error) {
+	end := off + want - 1
 	what := fmt.Sprintf("GET bytes=%d-%d", off, end)
 	// A timer rather than WithTimeout: a 200 answer's body must outlive
-	// this call as the sequential stream, which then owns cancel.
+	// this call as the sequential stream, which then owns cancel. A
+	// stream of the rest of an image may rightly take hours: only the
+	// stall watchdog bounds it.
 	rctx, cancel := context.WithCancel(ctx)
-	timer := time.AfterFunc(h.opts.RequestTimeout, cancel)
+	timeout := h.opts.RequestTimeout
+	if stream {
+		timeout = 1<<63 - 1
+	}
+	timer := time.AfterFunc(timeout, cancel)
 	keep := false
 	defer func() {
 		if !keep {
@@ -633,11 +690,16 @@ func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bo
 	if resp.ContentLength >= 0 && resp.ContentLength != b-a+1 {
 		return -1, fmt.Errorf("%s: %s: Content-Length %d does not match Content-Range %q: %w", h.name, what, resp.ContentLength, cr, ErrRemote)
 	}
-	var n int
-	for i, b := range bufs {
+	var n int64
+	for i := range count {
+		b := bufAt(i)
+		if b == nil {
+			return -1, errStreamStopped
+		}
 		var m int
 		m, err = io.ReadFull(resp.Body, b)
-		n += m
+		n += int64(m)
+		h.c.bytes.Add(int64(m))
 		if err != nil {
 			break
 		}
@@ -645,7 +707,6 @@ func (h *HTTP) rangeOnce(ctx context.Context, bufs [][]byte, off int64, probe bo
 			filled(i)
 		}
 	}
-	h.c.bytes.Add(int64(n))
 	var stall *stallError
 	if errors.As(err, &stall) && ctx.Err() == nil {
 		return -1, &transientError{err: fmt.Errorf("%s: %s: %v after %d of %d bytes", h.name, what, stall, n, want)}
