@@ -88,6 +88,12 @@ type Options struct {
 	// NoDirect reads Glance images over Glance's HTTP API even when their
 	// location is on an RBD cluster imgfs could reach.
 	NoDirect bool
+	// SkipChecksum does not compute the stored image's checksum (Glance's
+	// os_hash_value) as its bytes arrive: for readers that do not read the
+	// whole image in order to check it at the end, such as a mount, which
+	// would otherwise pay the hash (sha512: about a core per 700 MB/s) on
+	// every sequential read for nothing. Image.CanVerify is then false.
+	SkipChecksum bool
 
 	// WrapStored, if set, wraps the stored image before anything reads
 	// it, to count or trace the reads; Stored is then the wrapper.

@@ -313,7 +313,7 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 	d := chooseDirect(ctx, img.DirectLocations(), img.Size, opts.Ceph, opts.NoDirect)
 	hash := img.Hash()
 	if d.image == nil {
-		g, err := cloud.OpenGlanceData(ctx, sess, img, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache})
+		g, err := cloud.OpenGlanceData(ctx, sess, img, cloud.GlanceOptions{HTTP: opts.HTTP, Cache: opts.Cache, SkipChecksum: opts.SkipChecksum})
 		if err != nil {
 			return nil, err
 		}
@@ -327,7 +327,8 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 		return src, nil
 	}
 	co := opts.Cache
-	if hash.Supported() {
+	check := hash.Supported() && !opts.SkipChecksum
+	if check {
 		co.Hash = hash
 	}
 	src, err := newRBDSource(newRBDDevice(opts.Ceph, d.cluster, d.image), co)
@@ -336,7 +337,7 @@ func openGlanceDirect(ctx context.Context, sess *cloud.Session, img *cloud.Glanc
 	}
 	cache := src.dev.(*remote.Cache)
 	src.info = map[string]any{"mode": liveMode{cache}, "direct": d.reason}
-	if hash.Supported() {
+	if check {
 		src.verify = cache.Verify
 	}
 	return src, nil

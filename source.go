@@ -138,6 +138,8 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	switch h := img.Hash(); {
 	case src.verify != nil:
 		info["checksum"] = h.Algo
+	case h.Algo != "" && opts.SkipChecksum:
+		info["checksum"] = h.Algo + " (not checked while reading; imgfs hash checks it)"
 	case h.Algo != "":
 		src.unverified = fmt.Sprintf("integrity cannot be checked: Glance's os_hash_algo %q is not supported", h.Algo)
 		info["checksum"] = h.Algo + " (not supported: integrity cannot be checked)"

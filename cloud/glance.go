@@ -203,6 +203,9 @@ func (c *Session) GetReadableImage(ctx context.Context, id string) (*GlanceImage
 type GlanceOptions struct {
 	HTTP  remote.HTTPOptions  // Client, Token, Size, Name and Hash are set by OpenGlance
 	Cache remote.CacheOptions // Hash is set by OpenGlance
+	// SkipChecksum: the image's checksum is not computed as its bytes
+	// arrive, and Verify checks nothing (Verifiable is false).
+	SkipChecksum bool
 }
 
 // Glance is a Device over a Glance image's data: the HTTP source of
@@ -211,6 +214,8 @@ type Glance struct {
 	*remote.Cache
 	HTTP  *remote.HTTP
 	Image *GlanceImage
+
+	skipChecksum bool
 }
 
 // OpenGlance resolves image id and opens its data. The image must be
@@ -236,7 +241,7 @@ func OpenGlanceData(ctx context.Context, cloud *Session, img *GlanceImage, opts 
 	ho.Token = cloud.TokenSource()
 	ho.Size = img.Size
 	ho.Name = "glance image " + id
-	if h := img.Hash(); h.Supported() {
+	if h := img.Hash(); h.Supported() && !opts.SkipChecksum {
 		ho.Hash = h
 	}
 	h, err := remote.OpenHTTP(ctx, client.ServiceURL("images", id, "file"), ho)
@@ -250,7 +255,7 @@ func OpenGlanceData(ctx context.Context, cloud *Session, img *GlanceImage, opts 
 		h.Close()
 		return nil, err
 	}
-	return &Glance{Cache: c, HTTP: h, Image: img}, nil
+	return &Glance{Cache: c, HTTP: h, Image: img, skipChecksum: opts.SkipChecksum}, nil
 }
 
 // Close stops all downloads.
@@ -259,11 +264,12 @@ func (g *Glance) Close() error {
 	return g.HTTP.Close()
 }
 
-// Verifiable reports whether the image has a checksum imgfs can check:
-// Glance may state an os_hash_algo that Go does not implement.
+// Verifiable reports whether the image has a checksum imgfs can check
+// (Glance may state an os_hash_algo that Go does not implement) and it
+// was not skipped.
 func (g *Glance) Verifiable() bool {
 	h := g.Image.Hash()
-	return h.Supported()
+	return h.Supported() && !g.skipChecksum
 }
 
 // Verify checks the whole image against its Glance checksum, reading

@@ -506,8 +506,10 @@ func (c *Cache) load(run []*cblock) {
 	u := c.unit(run[0].piece)
 	start := run[0].idx * u
 	end := min((run[len(run)-1].idx+1)*u, c.size)
+	// Reserve first: the blocks evicted to make room give their buffers
+	// to this run, instead of the run's fresh memory adding to theirs.
+	c.reserve(end - start)
 	bufs := make([][]byte, len(run))
-	var total int64
 	for i, b := range run {
 		n := min((b.idx+1)*u, end) - b.idx*u
 		if b.piece {
@@ -515,9 +517,7 @@ func (c *Cache) load(run []*cblock) {
 		} else {
 			bufs[i] = c.allocBlock(n)
 		}
-		total += n
 	}
-	c.reserve(total)
 	streaming := new(atomic.Bool)
 	c.mu.Lock()
 	for _, b := range run {
@@ -601,7 +601,9 @@ func (c *Cache) recycle(b []byte) {
 }
 
 func (c *Cache) recycleLocked(b []byte) {
-	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < c.opts.MaxBytes/c.opts.BlockSize {
+	// Spare buffers are not counted in c.used: at most a quarter of
+	// MaxBytes of them (one largest request) are kept.
+	if int64(cap(b)) == c.opts.BlockSize && int64(len(c.free)) < max(1, c.opts.MaxBytes/4/c.opts.BlockSize) {
 		c.free = append(c.free, b)
 	}
 }
