@@ -129,6 +129,7 @@ firstbyte() {  # the first_byte/token figures of an imgfs --stats line
   sed -n 's/.*first byte at \([0-9]*\) ms (token at \([0-9]*\) ms, unlocked at \([0-9]*\) ms).*/\1 \2 \3/p' "$1"
 }
 curl_whole() { curl -s -o /dev/null -H "X-Auth-Token: $T" "$1/v2/images/$ID/file"; }  # token taken before
+curl_sha() { curl -s -H "X-Auth-Token: $T" "$1/v2/images/$ID/file" | sha512sum > /dev/null; }  # download + integrity check
 save_convert() {  # today's way: openstack image save, then qemu-img convert (decrypt) to null-co
   local cloud=$1
   env OS_CLOUD="$cloud" openstack image save --file "$D/saved.img" "$ID"
@@ -142,7 +143,7 @@ mount_dd() {  # mount (unlock included), dd the disk, unmount
   dd if="$M/disk" of=/dev/null bs=1M status=none
   "$IMGFS" umount "$M"
 }
-export -f save_convert mount_dd token curl_whole
+export -f save_convert mount_dd token curl_whole curl_sha
 export D ID PASS BYTES IMGFS M KEYSTONE_URL
 
 echo "# imgfs against the loopback Glance — $(date -u +%Y-%m-%dT%H:%MZ) — $(nproc) cores — load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -152,6 +153,7 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ "$rtt" = 0 ]; then cloud=loopback-demo; g=$OSL_GLANCE_URL; else cloud=rtt$rtt; g=$(eval echo "\$GLANCE_RTT$rtt"); fi
     T=$(token); export T
     run "curl$rtt" bash -c "curl_whole $g"
+    run "curlsha$rtt" bash -c "curl_sha $g"
     run "cat$rtt" env OS_CLOUD=$cloud "$IMGFS" cat --stats "$ID"
     firstbyte "$D/err.cat$rtt" >> "$D/fb.cat$rtt"
     # the data phase alone: from the first byte to the last (the "wrote ... in" line)
@@ -161,6 +163,10 @@ for round in $(seq 1 "$ROUNDS"); do
     firstbyte "$D/err.first$rtt" >> "$D/fb.first$rtt"
     if [ "$rtt" = 0 ] || [ "$rtt" = "${RTTS##* }" ]; then
       run "mount$rtt" bash -c "mount_dd $cloud"
+      # dd alone: a fresh mount (cold page cache), its open and unlock not timed
+      env OS_CLOUD="$cloud" "$IMGFS" mount -d "$ID" "$M" > /dev/null 2>&1
+      run "dd$rtt" dd if="$M/disk" of=/dev/null bs=1M status=none
+      "$IMGFS" umount "$M"
       if command -v openstack > /dev/null; then run "save$rtt" bash -c "save_convert $cloud"; fi
     fi
   done
@@ -173,10 +179,12 @@ printf '\n| run | RTT added | seconds min / median / max | MB/s (median) | peak 
 for rtt in 0 $RTTS; do
   read -r _ cmed _ <<< "$(stats <<< "${TIMES[curl$rtt]}")"
   for row in "curl$rtt:curl GET /v2/images/ID/file (single stream, no decryption)" \
+             "curlsha$rtt:curl ... | sha512sum (download and Glance's integrity check, no decryption)" \
              "save$rtt:openstack image save + qemu-img convert (luks → null-co)" \
              "cat$rtt:imgfs cat ID > /dev/null (whole image, decrypted, sha512 checked; token, metadata, key included)" \
              "data$rtt:the same, data phase only (\"wrote ... in\" of --stats)" \
              "mount$rtt:imgfs mount -d ID + dd bs=1M of disk + umount" \
+             "dd$rtt:dd bs=1M of a fresh mount's disk (the mount's open and unlock not timed)" \
              "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)"; do
     name=${row%%:*} label=${row#*:}
     [ -n "${TIMES[$name]:-}" ] || continue
