@@ -35,9 +35,8 @@ const (
 	streamFailures = 3
 )
 
-// streamIdle: a stream whose reader has not moved on for this long ends
-// (a variable for tests).
-var streamIdle = 5 * time.Second
+// streamIdle: a stream whose reader has not moved on for this long ends.
+const streamIdle = 5 * time.Second
 
 // stream is the state of the streaming request of a run; the fields are
 // guarded by the cache's mu.
@@ -90,13 +89,15 @@ func (s *stream) poke() {
 }
 
 // streamClaim has the running stream claim the blocks up to last when a
-// read at first is at or just past its claimed frontier, so that the reader
-// waits for the stream instead of fetching those blocks itself.
+// read at first is at or past its claimed frontier, by no more than the
+// read-ahead window (parallel readers, a reader held back by the hash), so
+// that the reader waits for the stream instead of fetching those blocks
+// itself, which the stream would then read again.
 func (c *Cache) streamClaim(first, last int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.st
-	if s == nil || s.stopped || first < s.pos || first > s.claimed()+seqTolerance {
+	if s == nil || s.stopped || last < s.pos || first > s.claimed()+max(seqTolerance, c.window) {
 		return
 	}
 	c.extendStreamLocked(s, last+1)
@@ -153,12 +154,14 @@ func (c *Cache) streamRun(front, end, runBlocks int64) bool {
 	if runBlocks < streamAfter {
 		return false
 	}
+	// Start past every block claimed near the front (parallel readers
+	// claim their chunks out of order): the stream must not reach a block
+	// another request is loading, whose bytes it would read again.
 	start := front + 1
-	for start < c.nblocks {
-		if _, ok := c.blocks[start]; !ok {
-			break
+	for i := front + 1; i < min(c.nblocks, front+1+c.window); i++ {
+		if _, ok := c.blocks[i]; ok {
+			start = i + 1
 		}
-		start++
 	}
 	if start >= c.nblocks {
 		return false
@@ -181,14 +184,14 @@ func (c *Cache) runStream(ctx context.Context, sd streamer, s *stream) {
 	var cur *cblock
 	var curBuf []byte
 	var scratch []byte
-	idle := time.NewTimer(streamIdle)
+	idle := time.NewTimer(c.streamIdle)
 	defer idle.Stop()
 	next := func(i int64) []byte {
 		idx := start + i
 		c.mu.Lock()
 		for idx >= s.limit && !s.stopped {
 			c.mu.Unlock()
-			idle.Reset(streamIdle)
+			idle.Reset(c.streamIdle)
 			select {
 			case <-s.wake:
 			case <-idle.C:

@@ -56,9 +56,8 @@ func TestStreamEndsWhenTheReaderJumps(t *testing.T) {
 // A reader that stops ends its stream after streamIdle: no connection is
 // held open for a mount nobody reads.
 func TestStreamEndsWhenTheReaderStops(t *testing.T) {
-	defer func(d time.Duration) { streamIdle = d }(streamIdle)
-	streamIdle = 200 * time.Millisecond
 	c, ps := openPattern(t, 1<<30, 0, CacheOptions{})
+	c.streamIdle = 200 * time.Millisecond
 	readSeq(t, c, 0, 16<<20)
 	waitActive(t, ps, 0, 3*time.Second)
 	c.mu.Lock()
