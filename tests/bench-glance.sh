@@ -6,6 +6,8 @@
 # shown as min / median / max seconds, MB/s of the median, the largest peak RSS, and
 # the ratio of curl's median to the row's median (>= 0.9: the issue #14 target).
 # Knobs: BENCH_GLANCE_SIZE (default 512M), BENCH_ROUNDS, BENCH_DIR, BENCH_RTTS ("5 20").
+# BENCH_FIRST_ONLY=1 runs only the first-MiB rows (time to first byte); BENCH_IMGFS_BASE=BIN
+# then adds the same rows for another build (e.g. the commit before a change), interleaved.
 # A cloud already running (IMGFS_TEST_CLOUD=1 with OSL_DIR, as tests/with-cloud.sh and
 # cloud.sh start print) is reused; else one is started in the bench directory and stopped.
 set -euo pipefail
@@ -15,6 +17,7 @@ SIZE=${BENCH_GLANCE_SIZE:-512M}
 ROUNDS=${BENCH_ROUNDS:-3}
 RTTS=${BENCH_RTTS:-5 20}
 IMGFS=${BENCH_IMGFS:-$PWD/bin/imgfs}   # BENCH_IMGFS: another build, e.g. the baseline
+FIRST_ONLY=${BENCH_FIRST_ONLY:-} BASE=${BENCH_IMGFS_BASE:-}
 [ -n "${BENCH_IMGFS:-}" ] || go build -o bin/imgfs ./cmd/imgfs
 go build -o bin/delayproxy ./tests/delayproxy
 base=${BENCH_DIR:-}
@@ -150,6 +153,15 @@ echo "raw LUKS1 image of $SIZE ($BYTES bytes plaintext, $STORED stored), image $
 for round in $(seq 1 "$ROUNDS"); do
   for rtt in 0 $RTTS; do
     if [ "$rtt" = 0 ]; then cloud=loopback-demo; g=$OSL_GLANCE_URL; else cloud=rtt$rtt; g=$(eval echo "\$GLANCE_RTT$rtt"); fi
+    if [ -n "$FIRST_ONLY" ]; then
+      run "first$rtt" env OS_CLOUD=$cloud "$IMGFS" cat --stats --length 1M "$ID"
+      firstbyte "$D/err.first$rtt" >> "$D/fb.first$rtt"
+      if [ -n "$BASE" ]; then
+        run "firstbase$rtt" env OS_CLOUD=$cloud "$BASE" cat --stats --length 1M "$ID"
+        firstbyte "$D/err.firstbase$rtt" >> "$D/fb.firstbase$rtt"
+      fi
+      continue
+    fi
     T=$(token); export T
     run "curl$rtt" bash -c "curl_whole $g"
     run "cat$rtt" env OS_CLOUD=$cloud "$IMGFS" cat --stats "$ID"
@@ -177,19 +189,21 @@ for rtt in 0 $RTTS; do
              "cat$rtt:imgfs cat ID > /dev/null (whole image, decrypted, sha512 checked; token, metadata, key included)" \
              "data$rtt:the same, data phase only (\"wrote ... in\" of --stats)" \
              "mount$rtt:imgfs mount -d ID + dd bs=1M of disk + umount" \
-             "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)"; do
+             "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)" \
+             "firstbase$rtt:the same, BENCH_IMGFS_BASE build"; do
     name=${row%%:*} label=${row#*:}
     [ -n "${TIMES[$name]:-}" ] || continue
     read -r mn md mx <<< "$(stats <<< "${TIMES[$name]}")"
     bytes=$BYTES; [[ $name == first* ]] && bytes=1048576
-    printf '| %s | %s ms | %s / %s / %s | %.0f | %d | %.2f |\n' "$label" "$rtt" "$mn" "$md" "$mx" \
-      "$(echo "$bytes / 1000000 / $md" | bc -l)" "$(( ${RSS[$name]} / 1024 ))" "$(echo "$cmed / $md" | bc -l)"
+    ratio=–; [ -z "${TIMES[curl$rtt]:-}" ] || ratio=$(printf '%.2f' "$(echo "$cmed / $md" | bc -l)")
+    printf '| %s | %s ms | %s / %s / %s | %.0f | %d | %s |\n' "$label" "$rtt" "$mn" "$md" "$mx" \
+      "$(echo "$bytes / 1000000 / $md" | bc -l)" "$(( ${RSS[$name]} / 1024 ))" "$ratio"
   done
 done
 echo
 echo "Time to first byte from \`imgfs cat --stats\` (ms from the start of Open; first byte / token / unlocked, each run):"
 for rtt in 0 $RTTS; do
-  for k in first cat; do
+  for k in first firstbase cat; do
     [ -s "$D/fb.$k$rtt" ] || continue
     printf -- '- %s, RTT %s ms: %s' "$k" "$rtt" "$(tr '\n' ';' < "$D/fb.$k$rtt" | sed 's/;$//; s/;/; /g')"
     if [ "$rtt" != 0 ]; then
