@@ -183,7 +183,7 @@ stats() {  # min median max of the numbers on stdin
 }
 printf '\n| run | RTT added | seconds min / median / max | MB/s (median) | peak RSS MiB | vs curl (curl s / run s) |\n|---|---|---|---|---|---|\n'
 for rtt in 0 $RTTS; do
-  read -r _ cmed _ <<< "$(stats <<< "${TIMES[curl$rtt]}")"
+  read -r _ cmed _ <<< "$(stats <<< "${TIMES[curl$rtt]:-}")"
   for row in "curl$rtt:curl GET /v2/images/ID/file (single stream, no decryption)" \
              "save$rtt:openstack image save + qemu-img convert (luks → null-co)" \
              "cat$rtt:imgfs cat ID > /dev/null (whole image, decrypted, sha512 checked; token, metadata, key included)" \
