@@ -128,8 +128,9 @@ run() {
   local t r; read -r t r < "$D/time"
   TIMES[$name]+="$t "; RSS[$name]=$(( ${RSS[$name]:-0} > r ? ${RSS[$name]:-0} : r ))
 }
-firstbyte() {  # the first_byte/token figures of an imgfs --stats line
-  sed -n 's/.*first byte at \([0-9]*\) ms (token at \([0-9]*\) ms, unlocked at \([0-9]*\) ms).*/\1 \2 \3/p' "$1"
+firstbyte() {  # the first_byte/token/unlocked figures of an imgfs --stats line, then metadata/header/key if shown
+  sed -n 's/.*first byte at \([0-9]*\) ms (token at \([0-9]*\) ms, unlocked at \([0-9]*\) ms\([^)]*\)).*/\1 \2 \3\4/p' "$1" |
+    sed 's/; metadata at \([0-9]*\) ms/ m\1/; s/, header at \([0-9]*\) ms/ h\1/; s/, key at \([0-9]*\) ms/ k\1/'
 }
 curl_whole() { curl -s -o /dev/null -H "X-Auth-Token: $T" "$1/v2/images/$ID/file"; }  # token taken before
 save_convert() {  # today's way: openstack image save, then qemu-img convert (decrypt) to null-co
@@ -201,7 +202,7 @@ for rtt in 0 $RTTS; do
   done
 done
 echo
-echo "Time to first byte from \`imgfs cat --stats\` (ms from the start of Open; first byte / token / unlocked, each run):"
+echo "Time to first byte from \`imgfs cat --stats\` (ms from the start of Open; first byte / token / unlocked, then m = metadata, h = header, k = key in hand when shown, each run):"
 for rtt in 0 $RTTS; do
   for k in first firstbase cat; do
     [ -s "$D/fb.$k$rtt" ] || continue
