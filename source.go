@@ -175,6 +175,14 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	if keyID != "" {
 		src.key = cloud.BarbicanKey(opts.Cloud, sess, keyID)
 	}
+	if p, ok := src.dev.(interface{ Preconnect() }); ok && opts.FirstRead.Length > 0 && !opts.StoredOnly &&
+		src.stated.format == FormatLUKS && (opts.Key != nil || src.key != nil) {
+		// The first read's data will be fetched while the header's
+		// connection reads the keyslot (see prefetchFirstRead): a second
+		// connection, dialed while the header is read, saves it a round
+		// trip.
+		p.Preconnect()
+	}
 	return src, nil
 }
 
