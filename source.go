@@ -109,39 +109,23 @@ func openHTTP(ctx context.Context, spec string, opts Options) (*source, error) {
 
 func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	sess := opts.Session
-	stopWarm := func() {}
 	if sess == nil {
 		var err error
 		if sess, err = cloud.Connect(ctx, opts.Cloud); err != nil {
 			return nil, fmt.Errorf("glance image %s: %w", id, err)
 		}
-		if opts.Key == nil && !opts.NoKey && !opts.StoredOnly {
-			// The key will come from Barbican if the image is
-			// encrypted: Barbican validates the new token with
-			// Keystone while Glance does the same and reads the
-			// metadata, rather than after it.
-			stopWarm = warmKeyManager(ctx, sess)
-		}
 	}
 	tokenAt := time.Now()
 	img, err := sess.GetReadableImage(ctx, id)
 	if err != nil {
-		stopWarm()
 		return nil, err
 	}
 	metadataAt := time.Now()
 	src, err := openGlanceDirect(ctx, sess, img, opts)
 	if err != nil {
-		stopWarm()
 		return nil, err
 	}
 	src.tokenAt, src.metadataAt = tokenAt, metadataAt
-	if closeSrc := src.close; closeSrc != nil {
-		src.close = func() error {
-			stopWarm()
-			return closeSrc()
-		}
-	}
 	info := src.info
 	for k, v := range map[string]any{
 		"kind": "glance", "image_id": img.ID, "name": img.Name, "disk_format": img.DiskFormat,
@@ -184,18 +168,6 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 		p.Preconnect()
 	}
 	return src, nil
-}
-
-// warmKeyManager sends the session's key manager one cheap authenticated
-// request in the background (cloud.Session.WarmKeyManager); the returned
-// function cancels it if it is still running.
-func warmKeyManager(ctx context.Context, sess *cloud.Session) (stop func()) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	go func() {
-		defer cancel()
-		sess.WarmKeyManager(ctx)
-	}()
-	return cancel
 }
 
 // statedByGlance is what a Glance image's metadata says of its bytes.

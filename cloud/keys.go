@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"path"
 	"strings"
@@ -74,33 +73,6 @@ func (c *Session) KeyManager() (*gophercloud.ServiceClient, error) {
 		c.keys = kc
 	}
 	return c.keys, nil
-}
-
-// WarmKeyManager sends Barbican one cheap authenticated request, a GET of
-// its v1 version document (no database work), so that Barbican validates
-// the session's token with Keystone and caches the validation: the first
-// Barbican request with a new token otherwise waits for that validation
-// (0.2-0.9 s on the loopback test cloud). Run it in the background while
-// other requests go on; it reports nothing and fails nothing (no key
-// manager in the catalog, an error, a refusal: nothing depends on it), and
-// never re-authenticates.
-func (c *Session) WarmKeyManager(ctx context.Context) {
-	kc, err := c.KeyManager()
-	if err != nil {
-		return
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, kc.ResourceBase, nil)
-	if err != nil {
-		return
-	}
-	req.Header.Set("X-Auth-Token", c.Provider.Token())
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
 }
 
 // ImageService returns the Glance client of the session's cloud, made once
