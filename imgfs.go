@@ -95,10 +95,21 @@ type Options struct {
 	// every sequential read for nothing. Image.CanVerify is then false.
 	SkipChecksum bool
 
+	// FirstRead, when its Length is > 0, is the range of the plaintext
+	// disk the caller reads first (imgfs cat: its first chunk). For a raw
+	// LUKS image on a remote source it is fetched while the passphrase is
+	// awaited and the key derived, so the first read does not wait for a
+	// request of its own after the unlock. Small ranges (a few KiB, which a
+	// read fetches in a small piece) are not prefetched.
+	FirstRead ByteRange
+
 	// WrapStored, if set, wraps the stored image before anything reads
 	// it, to count or trace the reads; Stored is then the wrapper.
 	WrapStored func(blockdev.Device) blockdev.Device
 }
+
+// ByteRange is Length bytes from Offset.
+type ByteRange struct{ Offset, Length int64 }
 
 // Info describes an opened image. It never holds key material.
 type Info struct {
@@ -132,9 +143,10 @@ type Image struct {
 
 	// start is when Open began; ready when Disk was unlocked; firstByte
 	// (nanoseconds after start, 0 = not yet) when a read of Disk first
-	// returned data.
+	// returned data; marks the steps in between.
 	start     time.Time
 	ready     time.Time
+	marks     timeline
 	firstByte atomic.Int64
 }
 
@@ -202,6 +214,7 @@ func (img *Image) OpenDisk(ctx context.Context) error {
 		b.info.Source = img.Info.Source
 	}
 	img.ready = time.Now()
+	img.marks = b.marks
 	img.Info, img.Disk, img.enc, img.closers = b.info, img.timed(b.disk), b.enc, append(img.closers, b.closers...)
 	return nil
 }
@@ -224,6 +237,7 @@ func (img *Image) Stats() (st blockdev.Stats, ok bool) {
 		return max(float64(t.Sub(img.start).Microseconds())/1000, 0.001)
 	}
 	st.TokenMS, st.ReadyMS = ms(img.src.tokenAt), ms(img.ready)
+	st.MetadataMS, st.HeaderMS, st.KeyMS = ms(img.src.metadataAt), ms(img.marks.header), ms(img.marks.key)
 	if fb := img.firstByte.Load(); fb > 0 {
 		st.FirstByteMS = float64(fb/1000) / 1000
 	}

@@ -3,6 +3,7 @@ package imgfs
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/imgfs/imgfs/keyring"
 )
@@ -23,6 +24,7 @@ type prefetchedKey struct {
 	err       error
 	taken     bool // the result went to a caller, or was discarded
 	discarded bool
+	at        time.Time // when the fetch returned
 }
 
 // prefetchKey starts fetching k's passphrase now.
@@ -34,6 +36,7 @@ func prefetchKey(ctx context.Context, k keyring.Source) *prefetchedKey {
 		pass, err := k.Passphrase(ctx)
 		p.mu.Lock()
 		defer p.mu.Unlock()
+		p.at = time.Now()
 		if p.discarded {
 			keyring.Zero(pass)
 			return
@@ -61,6 +64,13 @@ func (p *prefetchedKey) Passphrase(ctx context.Context) ([]byte, error) {
 	p.pass, p.err = nil, nil
 	p.mu.Unlock()
 	return pass, err
+}
+
+// fetchedAt returns when the prefetch returned (zero: not yet).
+func (p *prefetchedKey) fetchedAt() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.at
 }
 
 func (p *prefetchedKey) String() string { return p.src.String() }

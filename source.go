@@ -34,8 +34,10 @@ type source struct {
 	verify func(ctx context.Context) error
 	// unverified says why a checksum the source states cannot be checked.
 	unverified string
-	// tokenAt is when the cloud token was in hand (zero: no cloud).
-	tokenAt time.Time
+	// tokenAt is when the cloud token was in hand (zero: no cloud);
+	// metadataAt when the image metadata was.
+	tokenAt    time.Time
+	metadataAt time.Time
 	// directNote says why an rbd:// located Glance image is read over HTTP.
 	directNote string
 }
@@ -118,11 +120,12 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	if err != nil {
 		return nil, err
 	}
+	metadataAt := time.Now()
 	src, err := openGlanceDirect(ctx, sess, img, opts)
 	if err != nil {
 		return nil, err
 	}
-	src.tokenAt = tokenAt
+	src.tokenAt, src.metadataAt = tokenAt, metadataAt
 	info := src.info
 	for k, v := range map[string]any{
 		"kind": "glance", "image_id": img.ID, "name": img.Name, "disk_format": img.DiskFormat,
@@ -157,6 +160,14 @@ func openGlance(ctx context.Context, id string, opts Options) (*source, error) {
 	}
 	if keyID != "" {
 		src.key = cloud.BarbicanKey(opts.Cloud, sess, keyID)
+	}
+	if p, ok := src.dev.(interface{ Preconnect() }); ok && opts.FirstRead.Length > 0 && !opts.StoredOnly &&
+		src.stated.format == FormatLUKS && (opts.Key != nil || src.key != nil) {
+		// The first read's data will be fetched while the header's
+		// connection reads the keyslot (see prefetchFirstRead): a second
+		// connection, dialed while the header is read, saves it a round
+		// trip.
+		p.Preconnect()
 	}
 	return src, nil
 }

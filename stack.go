@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 	"github.com/imgfs/imgfs/keyring"
@@ -142,23 +143,36 @@ type built struct {
 	enc luksio.Encrypted
 	// closers release the stack (and zero the volume key) in reverse order.
 	closers []func() error
+	marks   timeline
+}
+
+// timeline is when the steps before the first byte were done (zero: not
+// done), for Stats.
+type timeline struct {
+	header time.Time // the encryption header parsed
+	key    time.Time // the passphrase in hand
 }
 
 // stack builds the plaintext read stack over src.
 func stack(ctx context.Context, src blockdev.Device, opts Options, st stated) (b built, err error) {
+	var pk *prefetchedKey
 	if opts.Key != nil && !opts.NoKey {
 		// The passphrase (a Barbican secret: its own round trips and a
 		// token validation) is fetched while the headers and keyslots
 		// are read; it is zeroed if the image turns out not to need it.
-		pk := prefetchKey(ctx, opts.Key)
+		pk = prefetchKey(ctx, opts.Key)
 		defer pk.discard()
 		opts.Key = pk
 	}
-	info, disk, enc, closers, err := buildStack(ctx, src, opts, st)
-	return built{info, disk, enc, closers}, err
+	var marks timeline
+	info, disk, enc, closers, err := buildStack(ctx, src, opts, st, &marks)
+	if pk != nil {
+		marks.key = pk.fetchedAt()
+	}
+	return built{info, disk, enc, closers, marks}, err
 }
 
-func buildStack(ctx context.Context, src blockdev.Device, opts Options, st stated) (info *Info, disk blockdev.Device, enc luksio.Encrypted, closers []func() error, err error) {
+func buildStack(ctx context.Context, src blockdev.Device, opts Options, st stated, marks *timeline) (info *Info, disk blockdev.Device, enc luksio.Encrypted, closers []func() error, err error) {
 	format, err := Detect(src)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -182,9 +196,11 @@ func buildStack(ctx context.Context, src blockdev.Device, opts Options, st state
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
+		marks.header = time.Now()
 		if opts.Key == nil {
 			return nil, nil, nil, nil, errKeyRequired
 		}
+		prefetchFirstRead(src, h, opts.FirstRead)
 		key, err := unlockLUKS(ctx, src, h, opts)
 		if err != nil {
 			return nil, nil, nil, nil, err
@@ -209,6 +225,7 @@ func buildStack(ctx context.Context, src blockdev.Device, opts Options, st state
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
+		marks.header = time.Now()
 		closers = append(closers, q.Close)
 		qi := q.Info()
 		info = &Info{Format: format, Encrypted: q.Encrypted(), SourceSize: src.Size(), VirtualSize: q.Size(),
@@ -258,6 +275,18 @@ func unlockLUKS(ctx context.Context, src blockdev.Device, h *luksio.Header, opts
 	}
 	defer keyring.Zero(pass)
 	return h.Unlock(src, pass, opts.Unlock)
+}
+
+// prefetchFirstRead starts fetching the stored bytes of the plaintext range
+// r of a raw LUKS image (the first read the caller will make), when the
+// source can prefetch: the request then runs while the passphrase is
+// awaited and PBKDF2 runs, instead of after them.
+func prefetchFirstRead(src blockdev.Device, h *luksio.Header, r ByteRange) {
+	p, ok := src.(blockdev.Prefetcher)
+	if !ok || r.Length <= 0 || r.Offset < 0 || r.Offset >= h.PayloadSize {
+		return
+	}
+	p.Prefetch(h.PayloadOffset+r.Offset, min(r.Length, h.PayloadSize-r.Offset))
 }
 
 // warmKeyslot reads the key material area of keyslot slot (the first

@@ -19,6 +19,12 @@ type Stats struct {
 	TokenMS     float64 `json:"token_ms,omitempty"`
 	ReadyMS     float64 `json:"ready_ms,omitempty"`
 	FirstByteMS float64 `json:"first_byte_ms,omitempty"`
+	// The steps in between, to see which waited for which: the image
+	// metadata (Glance) in hand, the encryption header parsed, and the
+	// passphrase (a Barbican secret) in hand.
+	MetadataMS float64 `json:"metadata_ms,omitempty"`
+	HeaderMS   float64 `json:"header_ms,omitempty"`
+	KeyMS      float64 `json:"key_ms,omitempty"`
 }
 
 // String formats the counters on one line for `imgfs cat --stats`.
@@ -28,12 +34,31 @@ func (s Stats) String() string {
 	if s.FirstByteMS > 0 {
 		line += fmt.Sprintf(", first byte at %.0f ms", s.FirstByteMS)
 		if s.TokenMS > 0 {
-			line += fmt.Sprintf(" (token at %.0f ms, unlocked at %.0f ms)", s.TokenMS, s.ReadyMS)
+			line += fmt.Sprintf(" (token at %.0f ms, unlocked at %.0f ms", s.TokenMS, s.ReadyMS)
 		} else {
-			line += fmt.Sprintf(" (unlocked at %.0f ms)", s.ReadyMS)
+			line += fmt.Sprintf(" (unlocked at %.0f ms", s.ReadyMS)
 		}
+		sep := "; "
+		for _, m := range []struct {
+			name string
+			ms   float64
+		}{{"metadata", s.MetadataMS}, {"header", s.HeaderMS}, {"key", s.KeyMS}} {
+			if m.ms > 0 {
+				line += fmt.Sprintf("%s%s at %.0f ms", sep, m.name, m.ms)
+				sep = ", "
+			}
+		}
+		line += ")"
 	}
 	return line
+}
+
+// Prefetcher is implemented by devices that can start fetching a range
+// before anyone reads it (the block cache of remote sources), so that a
+// read known to come (the first one after an unlock) finds it in flight or
+// cached. Prefetch does not wait; a device may fetch less or nothing.
+type Prefetcher interface {
+	Prefetch(off, n int64)
 }
 
 // StatsReporter is implemented by devices that keep Stats: the HTTP source
@@ -55,6 +80,9 @@ func (s Stats) Add(o Stats) Stats {
 		TokenMS:      max(s.TokenMS, o.TokenMS),
 		ReadyMS:      max(s.ReadyMS, o.ReadyMS),
 		FirstByteMS:  max(s.FirstByteMS, o.FirstByteMS),
+		MetadataMS:   max(s.MetadataMS, o.MetadataMS),
+		HeaderMS:     max(s.HeaderMS, o.HeaderMS),
+		KeyMS:        max(s.KeyMS, o.KeyMS),
 	}
 }
 

@@ -18,10 +18,13 @@ import (
 var ErrSecret = errors.New("barbican secret unavailable")
 
 // Barbican reads the passphrase from a Barbican secret: the payload as-is
-// for secret_type "passphrase" (Accept: text/plain), the lowercase hex of
-// the payload bytes for any other type (Accept: application/octet-stream),
-// following os-brick. Errors name the secret and the HTTP status, never the
-// payload.
+// for secret_type "passphrase", the lowercase hex of the payload bytes for
+// any other type, following os-brick. The secret's metadata (its type and
+// status) and its payload are asked for at the same time: the payload is
+// asked for as application/octet-stream, which Barbican answers with the
+// stored bytes for every secret type (a passphrase's UTF-8 text included),
+// so the type is needed only to word the passphrase, not to ask for it.
+// Errors name the secret and the HTTP status, never the payload.
 type Barbican struct {
 	// Client is a key-manager service client (openstack.NewKeyManagerV1).
 	Client *gophercloud.ServiceClient
@@ -41,7 +44,18 @@ func (b Barbican) SecretUUID() string {
 
 func (b Barbican) String() string { return "barbican secret " + b.SecretUUID() }
 
-// Passphrase implements Source.
+// Payload content types: octet-stream gives any secret's bytes; text/plain
+// is what a Barbican that refuses octet-stream for a passphrase (406) is
+// asked again with.
+const (
+	payloadBinary = "application/octet-stream"
+	payloadText   = "text/plain"
+)
+
+// Passphrase implements Source. The metadata and payload requests run in
+// parallel (Barbican's uwsgi closes every connection, so each costs a
+// connect and a round trip); a metadata error is reported first, as when
+// the two were asked in turn.
 func (b Barbican) Passphrase(ctx context.Context) ([]byte, error) {
 	id := b.SecretUUID()
 	if id == "" || strings.ContainsAny(id, "?#") {
@@ -50,26 +64,39 @@ func (b Barbican) Passphrase(ctx context.Context) ([]byte, error) {
 	if b.Client == nil {
 		return nil, fmt.Errorf("%s: no key-manager client: %w", b, ErrSecret)
 	}
+	var (
+		payload []byte
+		payErr  error
+		fetched = make(chan struct{})
+	)
+	go func() {
+		defer close(fetched)
+		payload, payErr = b.payload(ctx, id, payloadBinary)
+	}()
 	meta, err := secrets.Get(ctx, b.Client, id).Extract()
+	<-fetched
+	defer func() { keyring.Zero(payload) }()
 	if err != nil {
 		return nil, b.apiError("metadata", err)
 	}
 	if meta.Status != "" && !strings.EqualFold(meta.Status, "ACTIVE") {
 		return nil, fmt.Errorf("%s: status %s: %w", b, meta.Status, ErrSecret)
 	}
-	accept := "application/octet-stream"
-	if meta.SecretType == "passphrase" {
-		accept = "text/plain"
+	if HTTPStatus(payErr) == http.StatusNotAcceptable && meta.SecretType == "passphrase" {
+		payload, payErr = b.payload(ctx, id, payloadText)
 	}
-	payload, err := secrets.GetPayload(ctx, b.Client, id, secrets.GetPayloadOpts{PayloadContentType: accept}).Extract()
-	if err != nil {
-		return nil, b.apiError("payload", err)
+	if payErr != nil {
+		return nil, b.apiError("payload", payErr)
 	}
-	defer keyring.Zero(payload)
 	if len(payload) == 0 {
 		return nil, fmt.Errorf("%s: empty payload: %w", b, keyring.ErrEmptyPassphrase)
 	}
 	return keyring.PassphraseFromSecret(meta.SecretType, payload), nil
+}
+
+// payload asks for the secret's payload as content type accept.
+func (b Barbican) payload(ctx context.Context, id, accept string) ([]byte, error) {
+	return secrets.GetPayload(ctx, b.Client, id, secrets.GetPayloadOpts{PayloadContentType: accept}).Extract()
 }
 
 // apiError words a failed request by status only: Barbican's error bodies

@@ -111,3 +111,29 @@ func TestBarbicanErrors(t *testing.T) {
 		t.Fatalf("bad id: %v", err)
 	}
 }
+
+// The payload is asked for as octet-stream whatever the secret type, and
+// the type alone decides the passphrase: a passphrase secret stored as
+// base64 binary is still the passphrase as-is, an opaque secret stored as
+// text is still the hex of its bytes (os-brick's rule on the bytes).
+func TestBarbicanPayloadStoredEitherWay(t *testing.T) {
+	kc := barbican(t, "")
+	for _, c := range []struct {
+		typ, contentType, encoding, payload, want string
+	}{
+		{"passphrase", "application/octet-stream", "base64", base64.StdEncoding.EncodeToString([]byte("pass ünï")), "pass ünï"},
+		{"opaque", "text/plain", "", "text opaque", hex.EncodeToString([]byte("text opaque"))},
+	} {
+		s, err := secrets.Create(context.Background(), kc, secrets.CreateOpts{Name: "imgfs-keyring-test", SecretType: secrets.SecretType(c.typ),
+			Payload: c.payload, PayloadContentType: c.contentType, PayloadContentEncoding: c.encoding}).Extract()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := path.Base(s.SecretRef)
+		t.Cleanup(func() { secrets.Delete(context.Background(), kc, id) })
+		got, err := cloud.Barbican{Client: kc, SecretID: id}.Passphrase(context.Background())
+		if err != nil || string(got) != c.want {
+			t.Fatalf("%s stored as %s: passphrase %q, %v; want %q", c.typ, c.contentType, got, err, c.want)
+		}
+	}
+}

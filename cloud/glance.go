@@ -258,6 +258,10 @@ func OpenGlanceData(ctx context.Context, cloud *Session, img *GlanceImage, opts 
 	return &Glance{Cache: c, HTTP: h, Image: img, skipChecksum: opts.SkipChecksum}, nil
 }
 
+// Preconnect dials one more connection to Glance in the background, for a
+// request known to come while another is under way (remote.Preconnect).
+func (g *Glance) Preconnect() { g.HTTP.Preconnect() }
+
 // Close stops all downloads.
 func (g *Glance) Close() error {
 	g.Cache.Close()

@@ -6,6 +6,8 @@
 # shown as min / median / max seconds, MB/s of the median, the largest peak RSS, and
 # the ratio of curl's median to the row's median (>= 0.9: the issue #14 target).
 # Knobs: BENCH_GLANCE_SIZE (default 512M), BENCH_ROUNDS, BENCH_DIR, BENCH_RTTS ("5 20").
+# BENCH_FIRST_ONLY=1 runs only the first-MiB rows (time to first byte); BENCH_IMGFS_BASE=BIN
+# then adds the same rows for another build (e.g. the commit before a change), interleaved.
 # A cloud already running (IMGFS_TEST_CLOUD=1 with OSL_DIR, as tests/with-cloud.sh and
 # cloud.sh start print) is reused; else one is started in the bench directory and stopped.
 set -euo pipefail
@@ -15,6 +17,7 @@ SIZE=${BENCH_GLANCE_SIZE:-512M}
 ROUNDS=${BENCH_ROUNDS:-3}
 RTTS=${BENCH_RTTS:-5 20}
 IMGFS=${BENCH_IMGFS:-$PWD/bin/imgfs}   # BENCH_IMGFS: another build, e.g. the baseline
+FIRST_ONLY=${BENCH_FIRST_ONLY:-} BASE=${BENCH_IMGFS_BASE:-}
 [ -n "${BENCH_IMGFS:-}" ] || go build -o bin/imgfs ./cmd/imgfs
 go build -o bin/delayproxy ./tests/delayproxy
 base=${BENCH_DIR:-}
@@ -125,8 +128,9 @@ run() {
   local t r; read -r t r < "$D/time"
   TIMES[$name]+="$t "; RSS[$name]=$(( ${RSS[$name]:-0} > r ? ${RSS[$name]:-0} : r ))
 }
-firstbyte() {  # the first_byte/token figures of an imgfs --stats line
-  sed -n 's/.*first byte at \([0-9]*\) ms (token at \([0-9]*\) ms, unlocked at \([0-9]*\) ms).*/\1 \2 \3/p' "$1"
+firstbyte() {  # the first_byte/token/unlocked figures of an imgfs --stats line, then metadata/header/key if shown
+  sed -n 's/.*first byte at \([0-9]*\) ms (token at \([0-9]*\) ms, unlocked at \([0-9]*\) ms\([^)]*\)).*/\1 \2 \3\4/p' "$1" |
+    sed 's/; metadata at \([0-9]*\) ms/ m\1/; s/, header at \([0-9]*\) ms/ h\1/; s/, key at \([0-9]*\) ms/ k\1/'
 }
 curl_whole() { curl -s -o /dev/null -H "X-Auth-Token: $T" "$1/v2/images/$ID/file"; }  # token taken before
 curl_sha() { curl -s -H "X-Auth-Token: $T" "$1/v2/images/$ID/file" | sha512sum > /dev/null; }  # download + integrity check
@@ -151,6 +155,15 @@ echo "raw LUKS1 image of $SIZE ($BYTES bytes plaintext, $STORED stored), image $
 for round in $(seq 1 "$ROUNDS"); do
   for rtt in 0 $RTTS; do
     if [ "$rtt" = 0 ]; then cloud=loopback-demo; g=$OSL_GLANCE_URL; else cloud=rtt$rtt; g=$(eval echo "\$GLANCE_RTT$rtt"); fi
+    if [ -n "$FIRST_ONLY" ]; then
+      run "first$rtt" env OS_CLOUD=$cloud "$IMGFS" cat --stats --length 1M "$ID"
+      firstbyte "$D/err.first$rtt" >> "$D/fb.first$rtt"
+      if [ -n "$BASE" ]; then
+        run "firstbase$rtt" env OS_CLOUD=$cloud "$BASE" cat --stats --length 1M "$ID"
+        firstbyte "$D/err.firstbase$rtt" >> "$D/fb.firstbase$rtt"
+      fi
+      continue
+    fi
     T=$(token); export T
     run "curl$rtt" bash -c "curl_whole $g"
     run "curlsha$rtt" bash -c "curl_sha $g"
@@ -177,7 +190,7 @@ stats() {  # min median max of the numbers on stdin
 }
 printf '\n| run | RTT added | seconds min / median / max | MB/s (median) | peak RSS MiB | vs curl (curl s / run s) |\n|---|---|---|---|---|---|\n'
 for rtt in 0 $RTTS; do
-  read -r _ cmed _ <<< "$(stats <<< "${TIMES[curl$rtt]}")"
+  read -r _ cmed _ <<< "$(stats <<< "${TIMES[curl$rtt]:-}")"
   for row in "curl$rtt:curl GET /v2/images/ID/file (single stream, no decryption)" \
              "curlsha$rtt:curl ... | sha512sum (download and Glance's integrity check, no decryption)" \
              "save$rtt:openstack image save + qemu-img convert (luks → null-co)" \
@@ -185,19 +198,21 @@ for rtt in 0 $RTTS; do
              "data$rtt:the same, data phase only (\"wrote ... in\" of --stats)" \
              "mount$rtt:imgfs mount -d ID + dd bs=1M of disk + umount" \
              "dd$rtt:dd bs=1M of a fresh mount's disk (the mount's open and unlock not timed)" \
-             "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)"; do
+             "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)" \
+             "firstbase$rtt:the same, BENCH_IMGFS_BASE build"; do
     name=${row%%:*} label=${row#*:}
     [ -n "${TIMES[$name]:-}" ] || continue
     read -r mn md mx <<< "$(stats <<< "${TIMES[$name]}")"
     bytes=$BYTES; [[ $name == first* ]] && bytes=1048576
-    printf '| %s | %s ms | %s / %s / %s | %.0f | %d | %.2f |\n' "$label" "$rtt" "$mn" "$md" "$mx" \
-      "$(echo "$bytes / 1000000 / $md" | bc -l)" "$(( ${RSS[$name]} / 1024 ))" "$(echo "$cmed / $md" | bc -l)"
+    ratio=–; [ -z "${TIMES[curl$rtt]:-}" ] || ratio=$(printf '%.2f' "$(echo "$cmed / $md" | bc -l)")
+    printf '| %s | %s ms | %s / %s / %s | %.0f | %d | %s |\n' "$label" "$rtt" "$mn" "$md" "$mx" \
+      "$(echo "$bytes / 1000000 / $md" | bc -l)" "$(( ${RSS[$name]} / 1024 ))" "$ratio"
   done
 done
 echo
-echo "Time to first byte from \`imgfs cat --stats\` (ms from the start of Open; first byte / token / unlocked, each run):"
+echo "Time to first byte from \`imgfs cat --stats\` (ms from the start of Open; first byte / token / unlocked, then m = metadata, h = header, k = key in hand when shown, each run):"
 for rtt in 0 $RTTS; do
-  for k in first cat; do
+  for k in first firstbase cat; do
     [ -s "$D/fb.$k$rtt" ] || continue
     printf -- '- %s, RTT %s ms: %s' "$k" "$rtt" "$(tr '\n' ';' < "$D/fb.$k$rtt" | sed 's/;$//; s/;/; /g')"
     if [ "$rtt" != 0 ]; then

@@ -502,3 +502,35 @@ func TestGlanceChecksumVerifiedOnFullRead(t *testing.T) {
 		t.Fatal("partial read differs")
 	}
 }
+
+// The first MiB of a raw LUKS image whose key is a Barbican secret (of
+// each type) is exact, and --stats shows the steps before the first byte in
+// the order they can happen: the token, then the metadata, then the header;
+// the key before the unlock, the unlock before the first byte.
+func TestGlanceFirstByteSteps(t *testing.T) {
+	tc := needCloud(t)
+	plain := testimg.RandomBytes(3<<20, 31)
+	for i, c := range encryptedCases[:2] {
+		t.Run(c.name, func(t *testing.T) {
+			p, payload := c.make(t, t.TempDir(), plain, uint64(300+i))
+			secret := tc.createSecret(t, c.secretType, payload)
+			id := tc.uploadImage(t, c.diskFormat, map[string]string{"os_encrypt_format": c.encryptFormat, "os_encrypt_key_id": secret}, p)
+			r := runImgfs(t, nil, "cat", "--length", "1M", "--stats", id)
+			if r.code != 0 || !bytes.Equal(r.stdout, plain[:1<<20]) {
+				t.Fatalf("cat of the first MiB: exit %d, %d bytes (%s)", r.code, len(r.stdout), r.stderr)
+			}
+			m := regexp.MustCompile(`first byte at (\d+) ms \(token at (\d+) ms, unlocked at (\d+) ms; metadata at (\d+) ms, header at (\d+) ms, key at (\d+) ms\)`).FindSubmatch(r.stderr)
+			if m == nil {
+				t.Fatalf("--stats does not show the steps before the first byte: %s", r.stderr)
+			}
+			ms := map[string]int{}
+			for j, name := range []string{"first", "token", "unlocked", "metadata", "header", "key"} {
+				ms[name], _ = strconv.Atoi(string(m[j+1]))
+			}
+			if !(ms["token"] <= ms["metadata"] && ms["metadata"] <= ms["header"] && ms["key"] <= ms["unlocked"] && ms["unlocked"] <= ms["first"]) {
+				t.Fatalf("steps out of order: %v (%s)", ms, r.stderr)
+			}
+			t.Logf("%s", r.stderr)
+		})
+	}
+}

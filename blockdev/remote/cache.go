@@ -286,6 +286,24 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
+// Prefetch implements blockdev.Prefetcher: it starts fetching the blocks
+// of [off, off+n) as read-ahead, in one request, without waiting and
+// without counting as a read (the sequential-run detection is untouched).
+// A range that a read could serve with one SmallReadSize piece is not
+// prefetched, since its whole block would cost more than the read; nor is
+// more than one request's worth (MaxRequest) or half of MaxBytes.
+func (c *Cache) Prefetch(off, n int64) {
+	if off < 0 || n <= 0 || off >= c.size {
+		return
+	}
+	n = min(n, c.size-off, c.maxReq*c.opts.BlockSize, c.opts.MaxBytes/2)
+	if ps := c.opts.SmallReadSize; ps > 0 && n <= ps && off/ps == (off+n-1)/ps {
+		return
+	}
+	bs := c.opts.BlockSize
+	c.getRange(off/bs, (off+n-1)/bs, true)
+}
+
 // isolated reports whether a small read at off is no part of a sequential
 // run and its block is not cached: it is then served by a piece.
 func (c *Cache) isolated(off int64) bool {

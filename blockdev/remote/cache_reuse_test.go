@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imgfs/imgfs/blockdev"
 )
@@ -168,5 +169,48 @@ func TestCacheReaderWaitsForTheHash(t *testing.T) {
 	}
 	if maxUsed > bound {
 		t.Fatalf("cache held %d bytes, bound %d", maxUsed, bound)
+	}
+}
+
+// Prefetch fetches the blocks a read of the same range would, and the read
+// then finds them: the same requests and bytes as the read alone, and no
+// miss; a range a small read would serve with a piece is not prefetched.
+func TestCachePrefetchServesTheRead(t *testing.T) {
+	data := testData(16<<20, 3)
+	for _, n := range []int64{1 << 20, 4 << 20} {
+		var want [2]int64 // requests, bytes of the read alone
+		for _, prefetch := range []bool{false, true} {
+			srv, requests := fileServer(t, data)
+			h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := NewCache(h, CacheOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if prefetch {
+				c.Prefetch(2<<20+100, 4<<10) // one small piece: left to the read
+				if r := requests.Load(); r != 0 {
+					t.Fatalf("a small range was prefetched (%d requests)", r)
+				}
+				c.Prefetch(2<<20, n)
+				time.Sleep(50 * time.Millisecond) // the request is under way before the read, as during an unlock
+			}
+			buf := make([]byte, n)
+			if _, err := c.ReadAt(buf, 2<<20); err != nil || !bytes.Equal(buf, data[2<<20:2<<20+n]) {
+				t.Fatalf("read: %v or bytes differ", err)
+			}
+			time.Sleep(50 * time.Millisecond) // read-ahead the read started
+			st := c.Stats()
+			got := [2]int64{requests.Load(), st.BytesFetched}
+			if !prefetch {
+				want = got
+			} else if got != want || st.CacheMisses != 0 {
+				t.Fatalf("%d bytes: with a prefetch %v requests/bytes and %d misses, want %v as without and no miss", n, got, st.CacheMisses, want)
+			}
+			c.Close()
+			h.Close()
+		}
 	}
 }

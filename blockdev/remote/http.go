@@ -181,9 +181,11 @@ type HTTP struct {
 }
 
 // NewHTTPClient returns a client whose transport keeps enough idle
-// connections for parallel block fetches to reuse them.
+// connections for parallel block fetches to reuse them, and can be given a
+// connection dialed ahead (Preconnect).
 func NewHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	registerPreDialer(t)
 	t.MaxIdleConns = 64
 	t.MaxIdleConnsPerHost = 16
 	t.ResponseHeaderTimeout = 60 * time.Second

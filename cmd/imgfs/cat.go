@@ -9,6 +9,7 @@ import (
 
 	"github.com/imgfs/imgfs"
 	"github.com/imgfs/imgfs/blockdev"
+	"github.com/imgfs/imgfs/blockdev/target"
 )
 
 func catCommand() *cli.Command {
@@ -46,6 +47,11 @@ func catCommand() *cli.Command {
 			opts, err := of.options()
 			if err != nil {
 				return err
+			}
+			// The first chunk the output reads is fetched during the unlock.
+			opts.FirstRead = imgfs.ByteRange{Offset: off, Length: target.Chunk}
+			if n >= 0 {
+				opts.FirstRead.Length = min(n, target.Chunk)
 			}
 			img, err := openImage(c.Context, spec, opts)
 			if err != nil {
