@@ -119,7 +119,7 @@ done
 export OS_CLIENT_CONFIG_FILE="$D/clouds.yaml"
 
 # ---------------------------------------------------------------- runs
-declare -A TIMES RSS NOTE
+declare -A TIMES RSS NOTE DRSS
 now() { date +%s.%N; }
 # run NAME CMD...: one timed run (stdout discarded); wall seconds and peak RSS.
 run() {
@@ -177,14 +177,19 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ "$rtt" = 0 ] || [ "$rtt" = "${RTTS##* }" ]; then
       run "mount$rtt" bash -c "mount_dd $cloud"
       # dd alone: a fresh mount (cold page cache), its open and unlock not timed
-      env OS_CLOUD="$cloud" "$IMGFS" mount -d "$ID" "$M" > /dev/null 2>&1
+      env OS_CLOUD="$cloud" "$IMGFS" mount -d "$ID" "$M" > /dev/null 2> "$D/mount.err"
       run "dd$rtt" dd if="$M/disk" of=/dev/null bs=1M status=none
+      # the row's RSS is the mount daemon's peak, not dd's
+      dpid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$D/mount.err")
+      hwm=$(awk '/^VmHWM/{print $2}' "/proc/$dpid/status" 2>/dev/null || echo 0)
+      [ "${hwm:-0}" -gt "${DRSS[$rtt]:-0}" ] && DRSS[$rtt]=$hwm
       "$IMGFS" umount "$M"
       if command -v openstack > /dev/null; then run "save$rtt" bash -c "save_convert $cloud"; fi
     fi
   done
 done
 
+for rtt in 0 $RTTS; do [ -n "${DRSS[$rtt]:-}" ] && RSS[dd$rtt]=${DRSS[$rtt]}; done
 stats() {  # min median max of the numbers on stdin
   tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {printf "%.2f %.2f %.2f", a[1], a[int((NR+1)/2)], a[NR]}'
 }
@@ -197,7 +202,7 @@ for rtt in 0 $RTTS; do
              "cat$rtt:imgfs cat ID > /dev/null (whole image, decrypted, sha512 checked; token, metadata, key included)" \
              "data$rtt:the same, data phase only (\"wrote ... in\" of --stats)" \
              "mount$rtt:imgfs mount -d ID + dd bs=1M of disk + umount" \
-             "dd$rtt:dd bs=1M of a fresh mount's disk (the mount's open and unlock not timed)" \
+             "dd$rtt:dd bs=1M of a fresh mount's disk (open and unlock not timed; RSS: the mount daemon's)" \
              "first$rtt:imgfs cat --length 1M ID (first MiB, everything from the token on)" \
              "firstbase$rtt:the same, BENCH_IMGFS_BASE build"; do
     name=${row%%:*} label=${row#*:}

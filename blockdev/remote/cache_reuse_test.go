@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/imgfs/imgfs/blockdev"
 )
 
 // A sequential reader leaves behind no more than the read-ahead window:
@@ -145,20 +143,12 @@ func TestCacheReaderWaitsForTheHash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	maxUsed := int64(0)
-	err = blockdev.ReadOrdered(context.Background(), c, blockdev.OrderedOptions{ChunkSize: 4 << 20, Workers: 2},
-		func(off int64, n int, b []byte) error {
-			if !bytes.Equal(b, data[off:off+int64(n)]) {
-				return fmt.Errorf("bytes at %d differ", off)
-			}
-			c.mu.Lock()
-			maxUsed = max(maxUsed, c.used)
-			c.mu.Unlock()
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
+	maxUsed := readAsCat(t, c, func(off int64, b []byte) error {
+		if !bytes.Equal(b, data[off:off+int64(len(b))]) {
+			return fmt.Errorf("bytes at %d differ", off)
+		}
+		return nil
+	})
 	if err := c.Verify(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -115,18 +115,10 @@ func openPattern(t *testing.T, size int64, cost time.Duration, opts CacheOptions
 func TestCacheSequentialRunStreams(t *testing.T) {
 	const size = 256 << 20
 	c, ps := openPattern(t, size, 30*time.Millisecond, CacheOptions{})
-	maxUsed := int64(0)
-	err := blockdev.ReadOrdered(context.Background(), c, blockdev.OrderedOptions{ChunkSize: 4 << 20, Workers: 2},
-		func(off int64, n int, data []byte) error {
-			checkPattern(t, data, off)
-			c.mu.Lock()
-			maxUsed = max(maxUsed, c.used)
-			c.mu.Unlock()
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
+	maxUsed := readAsCat(t, c, func(off int64, data []byte) error {
+		checkPattern(t, data, off)
+		return nil
+	})
 	reqs := ps.requests()
 	var total, largest int64
 	for _, r := range reqs {
@@ -302,4 +294,24 @@ func TestHTTPReadVecEachResumes(t *testing.T) {
 	if s := h.Stats(); s.BytesFetched != 2<<20+12345+2<<20 {
 		t.Fatalf("fetched %d bytes, want %d", s.BytesFetched, 2<<20+12345+2<<20)
 	}
+}
+
+// readAsCat reads all of c as imgfs cat does (4 MiB chunks, two readers,
+// in order), checking each chunk, and returns the most the cache held.
+func readAsCat(t *testing.T, c *Cache, check func(off int64, data []byte) error) (maxUsed int64) {
+	t.Helper()
+	err := blockdev.ReadOrdered(context.Background(), c, blockdev.OrderedOptions{ChunkSize: 4 << 20, Workers: 2},
+		func(off int64, n int, data []byte) error {
+			if err := check(off, data[:n]); err != nil {
+				return err
+			}
+			c.mu.Lock()
+			maxUsed = max(maxUsed, c.used)
+			c.mu.Unlock()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return maxUsed
 }
