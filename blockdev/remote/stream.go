@@ -89,15 +89,17 @@ func (s *stream) poke() {
 }
 
 // streamClaim has the running stream claim the blocks up to last when a
-// read at first is at or past its claimed frontier, by no more than the
-// read-ahead window (parallel readers, a reader held back by the hash), so
-// that the reader waits for the stream instead of fetching those blocks
-// itself, which the stream would then read again.
+// read reaches past its position and starts no further past its claimed
+// frontier than a run's tolerance (parallel readers of consecutive chunks
+// arrive out of order), so that the reader waits for the stream instead
+// of fetching those blocks itself, which the stream would then read again.
+// A read further away is not the stream's: a random reader must not make
+// it fetch everything in between.
 func (c *Cache) streamClaim(first, last int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.st
-	if s == nil || s.stopped || last < s.pos || first > s.claimed()+max(seqTolerance, c.window) {
+	if s == nil || s.stopped || last < s.pos || first > s.claimed()+c.near/c.opts.BlockSize {
 		return
 	}
 	c.extendStreamLocked(s, last+1)

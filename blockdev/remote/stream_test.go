@@ -111,3 +111,30 @@ func (p *patternServer) streams() int {
 	}
 	return n
 }
+
+// Random reads past a stream's front are not the stream's: it does not
+// fetch everything up to them (the lazy path fetches what it reads).
+func TestStreamIgnoresRandomReadsAhead(t *testing.T) {
+	c, ps := openPattern(t, 1<<30, 0, CacheOptions{})
+	readSeq(t, c, 0, 16<<20)
+	if ps.active.Load() != 1 {
+		t.Fatalf("no stream after a 16 MiB run: %v", ps.requests())
+	}
+	before := c.Stats().BytesFetched
+	small := make([]byte, 4096)
+	for i := range 20 {
+		off := int64(32<<20) + int64(i)*(5<<20) + 12345 // 32-132 MiB, 5 MiB apart
+		if _, err := c.ReadAt(small, off); err != nil {
+			t.Fatal(err)
+		}
+		checkPattern(t, small, off)
+	}
+	time.Sleep(200 * time.Millisecond) // whatever the stream would fetch
+	got := c.Stats().BytesFetched - before
+	// the stream's read-ahead (and one block more: the first read is within
+	// the run's tolerance of its front), then a 64 KiB piece each
+	if limit := int64((streamAhead+seqTolerance)<<20 + 20*DefaultSmallRead); got > limit {
+		t.Fatalf("20 random 4 KiB reads past a stream fetched %d bytes, want <= %d", got, limit)
+	}
+	t.Logf("20 random reads after a run: %d bytes fetched", got)
+}
