@@ -353,8 +353,7 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	// parallel readers (cat's workers, the kernel's read-ahead) wait on
 	// large requests in turn.
 	grown := c.grown
-	behind := max(c.near, min(c.seqBytes, grown*bs))
-	if off >= c.lastEnd-behind && off <= c.lastEnd+c.near && c.seqBytes > 0 {
+	if c.seqBytes > 0 && c.inRunLocked(off) {
 		c.seqBytes += n
 		c.lastEnd = max(c.lastEnd, off+n)
 	} else {
@@ -775,11 +774,18 @@ func (c *Cache) advanceVerify(wait bool) {
 // continuesRun reports whether a read at off continues the sequential run
 // (as readAhead will judge it).
 func (c *Cache) continuesRun(off int64) bool {
-	bs := c.opts.BlockSize
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	behind := max(c.near, min(c.seqBytes, c.grown*bs))
-	return c.seqBytes >= 2*bs && off >= c.lastEnd-behind && off <= c.lastEnd+c.near
+	return c.seqBytes >= 2*c.opts.BlockSize && c.inRunLocked(off)
+}
+
+// inRunLocked reports whether a read at off lies within the current run:
+// near its end, or behind it by as much as the run's window (parallel
+// readers, cat's workers or the kernel's read-ahead, wait on large
+// requests in turn). c.mu is held.
+func (c *Cache) inRunLocked(off int64) bool {
+	behind := max(c.near, min(c.seqBytes, c.grown*c.opts.BlockSize))
+	return off >= c.lastEnd-behind && off <= c.lastEnd+c.near
 }
 
 // awaitHash holds a sequential reader of blocks up to last until the hash
