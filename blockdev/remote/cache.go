@@ -82,14 +82,19 @@ type Cache struct {
 	cancel context.CancelFunc
 	c      counters
 
-	mu       sync.Mutex
-	blocks   map[int64]*cblock
-	pieces   map[int64]*cblock // SmallReadSize units for isolated small reads
-	lru      list.List         // of *cblock with data, most recent in front
-	used     int64
-	free     [][]byte // evicted block buffers for reuse (fresh memory is slow to fault in)
-	lastEnd  int64    // end of the previous read
-	seqBytes int64    // bytes read by the current sequential run
+	mu      sync.Mutex
+	blocks  map[int64]*cblock
+	pieces  map[int64]*cblock // SmallReadSize units for isolated small reads
+	lru     list.List         // of *cblock with data, most recent in front
+	used    int64
+	free    [][]byte // evicted block buffers for reuse (fresh memory is slow to fault in)
+	lastEnd int64    // end of the previous read
+	// dropNext is the first block drop-behind has not passed; dropMargin
+	// how far behind a run's furthest read it stays (see releaseRead).
+	dropNext   int64
+	dropMargin int64
+	fresh      atomic.Int64 // block buffers allocated, not reused (tests)
+	seqBytes   int64        // bytes read by the current sequential run
 	// st is the streaming request of the current long run, if any;
 	// streamFails counts streams that failed (see streamFailures).
 	st          *stream
@@ -173,6 +178,10 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 		c.window = max(1, min(2*c.maxReq, opts.MaxBytes/2/opts.BlockSize))
 	}
 	c.grown = min(c.window, initialWindow)
+	// The run's tolerance for out-of-order reads, within a quarter of the
+	// window so that the hash's lag (a window), the stream's read-ahead
+	// (half of one) and this margin fit in MaxBytes.
+	c.dropMargin = min(c.near/opts.BlockSize, c.window/4)
 	c.streamIdle = streamIdle
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opts.Hash.Algo != "" {
@@ -359,6 +368,7 @@ func (c *Cache) readAhead(off, n, last int64) (sequential bool) {
 	} else {
 		c.seqBytes = n
 		c.lastEnd = off + n
+		c.dropNext = off / bs // a new run drops behind itself only
 	}
 	ahead := int64(0)
 	run := c.seqBytes / bs
@@ -614,6 +624,7 @@ func (c *Cache) allocBlock(n int64) []byte {
 		return b[:n]
 	}
 	c.mu.Unlock()
+	c.fresh.Add(1)
 	return make([]byte, n, c.opts.BlockSize)
 }
 
@@ -632,33 +643,36 @@ func (c *Cache) recycleLocked(b []byte) {
 	}
 }
 
-// releaseRead ends a read's use of its units. A sequential reader
-// (readEnd >= 0) will not come back to the blocks before readEnd, so they
-// are dropped at once and their buffers reused, instead of the cache
-// growing to MaxBytes of stale data (drop-behind); a block the checksum
-// has not taken in yet is marked consumed instead, and advanceVerify
-// drops it once hashed. (Dropping blocks behind the furthest reader
-// would drop blocks a slower parallel reader has yet to read.)
+// releaseRead ends a read's use of its units. A sequential run (readEnd
+// >= 0: the block after the read) will not come back to the blocks it has
+// read past, so they are dropped and their buffers reused instead of the
+// cache growing to MaxBytes of stale data (drop-behind); a block the
+// checksum has not taken in yet is marked consumed instead, and
+// advanceVerify drops it once hashed. The parallel reads of one run (cat's
+// workers, the kernel's FUSE reads) arrive out of order, so a block is
+// dropped only once the run has read dropMargin blocks past it: dropping
+// it as soon as one read reached its end refetched it for a slower read of
+// its start.
 func (c *Cache) releaseRead(units []*cblock, readEnd int64) {
-	if readEnd < 0 {
-		c.release(units)
-		return
-	}
-	c.mu.Lock()
-	hashed := int64(1<<63 - 1)
-	if c.vhash != nil {
-		hashed = c.hashed.Load()
-	}
-	for _, b := range units {
-		if !b.piece && b.idx < readEnd {
-			if b.idx < hashed {
-				c.dropLocked(b)
-			} else {
-				b.consumed = true
+	if readEnd >= 0 {
+		c.mu.Lock()
+		hashed := int64(1<<63 - 1)
+		if c.vhash != nil {
+			hashed = c.hashed.Load()
+		}
+		upTo := readEnd - c.dropMargin
+		for i := max(c.dropNext, upTo-2*c.window-1); i < upTo; i++ { // bounded work per read
+			if b, ok := c.blocks[i]; ok {
+				if i < hashed {
+					c.dropLocked(b)
+				} else {
+					b.consumed = true
+				}
 			}
 		}
+		c.dropNext = max(c.dropNext, upTo)
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	c.release(units)
 }
 
@@ -673,8 +687,8 @@ func (c *Cache) releaseHashed(b *cblock) {
 	c.release([]*cblock{b})
 }
 
-// dropLocked removes b from the cache (its buffer is reused once its
-// last reader is done). c.mu is held.
+// dropLocked removes b from the cache; its buffer is reused now if no
+// reader holds it, else once the last one is done. c.mu is held.
 func (c *Cache) dropLocked(b *cblock) {
 	if b.elem != nil && c.blocks[b.idx] == b {
 		c.lru.Remove(b.elem)
@@ -682,6 +696,10 @@ func (c *Cache) dropLocked(b *cblock) {
 		delete(c.blocks, b.idx)
 		c.used -= int64(len(b.data))
 		b.evicted = true
+		if b.refs == 0 && !b.piece && b.data != nil {
+			c.recycleLocked(b.data)
+			b.data = nil
+		}
 	}
 }
 

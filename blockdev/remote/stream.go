@@ -132,7 +132,7 @@ func (c *Cache) streamRun(front, end, runBlocks int64) bool {
 	if !ok {
 		return false
 	}
-	limit := max(end+1, front+1+min(streamAhead, c.window, runBlocks))
+	limit := max(end+1, front+1+min(streamAhead, max(1, c.window/2), runBlocks))
 	if c.vhash != nil {
 		// As for requests: no further than a window past the hash.
 		limit = min(limit, c.hashed.Load()+c.window+1)
