@@ -76,11 +76,14 @@ type Cache struct {
 	// reader has to wait for a block read-ahead asked for, i.e. when the
 	// server's cost per request is not hidden yet. Fast servers keep a
 	// small window (less memory to fault in), slow ones get a large one.
-	grown  int64
-	near   int64 // bytes: sequential-run tolerance
-	ctx    context.Context
-	cancel context.CancelFunc
-	c      counters
+	grown int64
+	// hashLag is how many blocks a sequential reader may be ahead of the
+	// hash (awaitHash).
+	hashLag int64
+	near    int64 // bytes: sequential-run tolerance
+	ctx     context.Context
+	cancel  context.CancelFunc
+	c       counters
 
 	mu      sync.Mutex
 	blocks  map[int64]*cblock
@@ -107,7 +110,10 @@ type Cache struct {
 	vnext int64 // next block to hash
 	// hashed mirrors vnext for readers that do not hold vmu: blocks
 	// before it may be dropped behind a sequential reader.
-	hashed  atomic.Int64
+	hashed atomic.Int64
+	// vkick says a block was loaded while another goroutine was hashing
+	// (advanceVerify): the hasher looks again before it stops.
+	vkick   atomic.Bool
 	vresult error
 	vdone   bool
 	// hashMoved is closed (and replaced) when the hash advances, for
@@ -178,6 +184,7 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 		c.window = max(1, min(2*c.maxReq, opts.MaxBytes/2/opts.BlockSize))
 	}
 	c.grown = min(c.window, initialWindow)
+	c.hashLag = max(1, min(c.window, hashLagBytes/opts.BlockSize))
 	// The run's tolerance for out-of-order reads, within a quarter of the
 	// window so that the hash's lag (a window), the stream's read-ahead
 	// (half of one) and this margin fit in MaxBytes.
@@ -238,7 +245,10 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	bs := c.opts.BlockSize
 	first, last := off/bs, (off+int64(n)-1)/bs
 	if c.vhash != nil && c.continuesRun(off) {
-		// before this read claims blocks: they count against the bound
+		// Before this read claims blocks: they count against the bound.
+		// A read close past the hash waits even if it is out of the
+		// run's order: cat's workers can fall further apart than the
+		// run's tolerance while they wait for the hash in turn.
 		c.awaitHash(last)
 	}
 	var units []*cblock
@@ -762,14 +772,29 @@ func (c *Cache) finishStreamed(b *cblock, data []byte) {
 }
 
 // advanceVerify hashes loaded blocks in order from vnext on. With wait
-// false it gives up at once if another goroutine is hashing.
+// false it leaves the work to the goroutine hashing, if there is one; that
+// one looks again before it stops (vkick), or the block loaded meanwhile
+// would wait for the next one, and a reader waiting for the hash
+// (awaitHash) with it.
 func (c *Cache) advanceVerify(wait bool) {
+	c.vkick.Store(true)
 	if wait {
 		c.vmu.Lock()
 	} else if !c.vmu.TryLock() {
 		return
 	}
-	defer c.vmu.Unlock()
+	for {
+		c.vkick.Store(false)
+		c.hashLoaded()
+		c.vmu.Unlock()
+		if !c.vkick.Load() || !c.vmu.TryLock() {
+			return
+		}
+	}
+}
+
+// hashLoaded hashes the loaded blocks from vnext on. c.vmu is held.
+func (c *Cache) hashLoaded() {
 	for c.vnext < c.nblocks {
 		var b *cblock
 		c.mu.Lock()
@@ -800,30 +825,40 @@ func (c *Cache) continuesRun(off int64) bool {
 // inRunLocked reports whether a read at off lies within the current run:
 // near its end, or behind it by as much as the run's window (parallel
 // readers, cat's workers or the kernel's read-ahead, wait on large
-// requests in turn). c.mu is held.
+// requests in turn) or, when the run is hashed, the hash's lag (they wait
+// for the hash in turn: a worker that fell a few chunks behind while the
+// others went on started a new run, which then did not wait for the hash).
+// c.mu is held.
 func (c *Cache) inRunLocked(off int64) bool {
 	behind := max(c.near, min(c.seqBytes, c.grown*c.opts.BlockSize))
+	if c.vhash != nil {
+		behind = max(behind, min(c.seqBytes, c.hashLag*c.opts.BlockSize))
+	}
 	return off >= c.lastEnd-behind && off <= c.lastEnd+c.near
 }
 
 // awaitHash holds a sequential reader of blocks up to last until the hash
-// is no more than the read-ahead window behind them. The reader is faster than
+// is no more than hashLag blocks behind them. The reader is faster than
 // the hash when the network is (sha512 runs at ~0.7 GB/s a core, AES-XTS
 // at several); unhashed blocks must stay cached, so without this wait the
 // LRU would evict blocks the hash still needs once the lag exceeded the
-// cache, and Verify would fetch them again. The blocks the hash waits for
+// cache, and Verify would fetch them again. The lag is short: a reader
+// that runs further ahead gains nothing (the hash sets the pace), and
+// each block of lag is a buffer held, taken fresh from the kernel (a lag
+// of a whole window made a 512 MiB cat hold 130 MiB and spend a third of
+// its system time faulting it in). The blocks the hash waits for
 // are loaded or loading (readAhead fetches those the reads skipped); the
 // wait still gives up after a while rather than trust that.
 func (c *Cache) awaitHash(last int64) {
 	deadline := time.Now().Add(hashWait)
-	for last > c.hashed.Load()+c.window {
+	for last > c.hashed.Load()+c.hashLag {
 		c.hmu.Lock()
 		if c.hashMoved == nil {
 			c.hashMoved = make(chan struct{})
 		}
 		moved := c.hashMoved
 		c.hmu.Unlock()
-		if last <= c.hashed.Load()+c.window {
+		if last <= c.hashed.Load()+c.hashLag {
 			return
 		}
 		wait := time.Until(deadline)
@@ -846,6 +881,10 @@ func (c *Cache) awaitHash(last int64) {
 
 // hashWait bounds how long a reader waits for a hash that does not move.
 const hashWait = 2 * time.Second
+
+// hashLagBytes is how far a sequential reader may run ahead of the hash
+// (awaitHash), at most a window.
+const hashLagBytes = 16 << 20
 
 func (c *Cache) signalHash() {
 	c.hmu.Lock()
