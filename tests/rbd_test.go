@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -349,17 +350,31 @@ func cephSh(t *testing.T, args ...string) string {
 func TestRBDOSDRestartMidRead(t *testing.T) {
 	tc := needCeph(t)
 	dir := filepath.Join(t.TempDir(), "ceph")
-	base := 40000 + int(time.Now().UnixNano()%90)*100
-	env := []string{"CEPH_STORE=bluestore", "CEPHL_STORE_SIZE=2G",
-		"CEPHL_MON_PORT=" + strconv.Itoa(base), "CEPHL_MON_V2_PORT=" + strconv.Itoa(base+1),
-		fmt.Sprintf("CEPHL_BIND_PORTS=%d-%d", base+5, base+99)}
 	start := time.Now()
-	cmd := exec.Command("cloud/ceph.sh", "start", dir)
-	cmd.Env = cleanCephEnv(env)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	t.Cleanup(func() { exec.Command("cloud/ceph.sh", "stop", dir).Run() })
-	if err := cmd.Run(); err != nil {
+	// The ports are in the kernel's ephemeral range, where any outgoing
+	// connection may hold one: a start whose mon could not bind (CI saw
+	// "Address already in use") is tried again on other ports.
+	var env []string
+	for attempt := 1; ; attempt++ {
+		base := freePortBlock(t, 40000, 89, 100)
+		env = []string{"CEPH_STORE=bluestore", "CEPHL_STORE_SIZE=2G",
+			"CEPHL_MON_PORT=" + strconv.Itoa(base), "CEPHL_MON_V2_PORT=" + strconv.Itoa(base+1),
+			fmt.Sprintf("CEPHL_BIND_PORTS=%d-%d", base+5, base+99)}
+		cmd := exec.Command("cloud/ceph.sh", "start", dir)
+		cmd.Env = cleanCephEnv(env)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		if err == nil {
+			break
+		}
+		if attempt < 3 && strings.Contains(errb.String(), "Address already in use") {
+			t.Logf("start a bluestore cluster on port %d: a port was taken; again on others", base)
+			exec.Command("cloud/ceph.sh", "stop", dir).Run()
+			os.RemoveAll(dir)
+			continue
+		}
 		t.Fatalf("start a bluestore cluster: %v: %s", err, errb.Bytes())
 	}
 	t.Logf("bluestore cluster up in %s", time.Since(start).Round(time.Millisecond))
@@ -554,4 +569,27 @@ func TestRBDSpecErrorsWithoutCluster(t *testing.T) {
 	if err := cmd.Run(); err == nil || out.Len() != 0 || !strings.Contains(errb.String(), "built without Ceph support") {
 		t.Fatalf("noceph build: %v, %d bytes out, stderr %q", err, out.Len(), errb.String())
 	}
+}
+
+// freePortBlock returns lo+i*step for a random i < n whose first two ports
+// (the mon's) can be bound on 127.0.0.1 now.
+func freePortBlock(t *testing.T, lo, n, step int) int {
+	t.Helper()
+	for range 50 {
+		base := lo + rand.IntN(n)*step
+		free := true
+		for _, p := range []int{base, base + 1} {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				free = false
+				break
+			}
+			l.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatalf("no free port block in %d-%d", lo, lo+n*step)
+	return 0
 }
