@@ -245,10 +245,7 @@ func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
 	bs := c.opts.BlockSize
 	first, last := off/bs, (off+int64(n)-1)/bs
 	if c.vhash != nil && c.continuesRun(off) {
-		// Before this read claims blocks: they count against the bound.
-		// A read close past the hash waits even if it is out of the
-		// run's order: cat's workers can fall further apart than the
-		// run's tolerance while they wait for the hash in turn.
+		// before this read claims blocks: they count against the bound
 		c.awaitHash(last)
 	}
 	var units []*cblock
