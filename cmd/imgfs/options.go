@@ -126,7 +126,7 @@ func (s *sourceFlags) flags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-dir", Destination: &s.cacheDir, Usage: "`DIR` for the download of a server that ignores Range (default $XDG_CACHE_HOME/imgfs)"},
 		&cli.StringFlag{Name: "cache-size", Value: "256MiB", Destination: &s.cacheSize, Usage: "memory for cached blocks of a remote image"},
 		&cli.StringFlag{Name: "block-size", Value: "1MiB", Destination: &s.blockSize, Usage: "unit of remote reads and of the cache"},
-		&cli.IntFlag{Name: "parallel", Value: remote.DefaultParallel, Destination: &s.parallel, Usage: "concurrent requests to a remote source (read-ahead uses them)"},
+		&cli.IntFlag{Name: "parallel", Value: remote.DefaultParallel, Destination: &s.parallel, Usage: "range requests at a time to a remote source, for scattered reads and read-ahead (a long sequential run is one streaming request)"},
 		&cli.DurationFlag{Name: "http-stall-timeout", Value: remote.DefaultStallTimeout, Destination: &s.stallTimeout, Usage: "abandon and retry (like a reset connection) a remote request that receives nothing, headers or body, for `DURATION`"},
 		&cli.StringFlag{Name: "ceph-conf", EnvVars: []string{"CEPH_CONF"}, Value: rbd.DefaultConfFile, Destination: &s.cephConf, Usage: "ceph.conf `FILE` (mons, keyring) for rbd:POOL/IMAGE[@SNAP] and Glance images stored in RBD"},
 		&cli.StringFlag{Name: "ceph-id", Destination: &s.cephID, Usage: "Ceph client `ID` without \"client.\" (default as the rbd CLI: --id/--user/--name in $CEPH_ARGS, else admin)"},
