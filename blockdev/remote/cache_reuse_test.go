@@ -133,19 +133,8 @@ func TestCacheVerifiedSequentialReaderDropsBehind(t *testing.T) {
 func TestCacheReaderWaitsForTheHash(t *testing.T) {
 	const size = 384 << 20
 	data := testData(size, 12)
-	sum := sha512.Sum512(data)
-	srv, _ := fileServer(t, data)
-	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: size})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
 	const bound = 24 << 20
-	c, err := NewCache(h, CacheOptions{MaxBytes: bound, Hash: HashSpec{"sha512", hex.EncodeToString(sum[:])}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := checkedCache(t, data, CacheOptions{MaxBytes: bound})
 	maxUsed := readAsCat(t, c, func(off int64, b []byte) error {
 		if !bytes.Equal(b, data[off:off+int64(len(b))]) {
 			return fmt.Errorf("bytes at %d differ", off)
@@ -214,20 +203,8 @@ func TestCachePrefetchServesTheRead(t *testing.T) {
 // run a whole window ahead (128 blocks with the default cache) held
 // 130 MiB for a 512 MiB cat of a Glance image.
 func TestCacheVerifiedReadStaysNearTheHash(t *testing.T) {
-	const size = 192 << 20
-	data := testData(size, 13)
-	sum := sha512.Sum512(data)
-	srv, _ := fileServer(t, data)
-	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: size})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	c, err := NewCache(h, CacheOptions{Hash: HashSpec{"sha512", hex.EncodeToString(sum[:])}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	data := testData(192<<20, 13)
+	c := checkedCache(t, data, CacheOptions{})
 	bs := c.opts.BlockSize
 	var lead atomic.Int64 // blocks the furthest read got past the hash
 	maxUsed := readAsCat(t, c, func(off int64, b []byte) error {
@@ -255,4 +232,24 @@ func TestCacheVerifiedReadStaysNearTheHash(t *testing.T) {
 	if limit := hashLagBytes + (streamAhead+c.dropMargin)*bs + 8<<20; maxUsed > limit {
 		t.Fatalf("cache held %d MiB during a verified read, want <= %d MiB", maxUsed>>20, limit>>20)
 	}
+}
+
+// checkedCache serves data over HTTP through a Cache with opts that checks
+// its sha512; both are closed at the end of the test.
+func checkedCache(t *testing.T, data []byte, opts CacheOptions) *Cache {
+	t.Helper()
+	sum := sha512.Sum512(data)
+	srv, _ := fileServer(t, data)
+	h, err := OpenHTTP(context.Background(), srv.URL+"/image", HTTPOptions{Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	opts.Hash = HashSpec{"sha512", hex.EncodeToString(sum[:])}
+	c, err := NewCache(h, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
