@@ -186,8 +186,8 @@ func NewCache(d blockdev.Device, opts CacheOptions) (*Cache, error) {
 	c.grown = min(c.window, initialWindow)
 	c.hashLag = max(1, min(c.window, hashLagBytes/opts.BlockSize))
 	// The run's tolerance for out-of-order reads, within a quarter of the
-	// window so that the hash's lag (a window), the stream's read-ahead
-	// (half of one) and this margin fit in MaxBytes.
+	// window so that the hash's lag (at most a window), the stream's
+	// read-ahead (at most half of one) and this margin fit in MaxBytes.
 	c.dropMargin = min(c.near/opts.BlockSize, c.window/4)
 	c.streamIdle = streamIdle
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -730,7 +730,7 @@ func (c *Cache) release(units []*cblock) {
 func (c *Cache) finish(b *cblock, data []byte, reserved int64, err error) {
 	c.settle(b, data, reserved, err)
 	if err == nil && !b.piece && c.vhash != nil {
-		c.advanceVerify(false)
+		c.advanceVerify()
 	}
 }
 
@@ -764,20 +764,17 @@ func (c *Cache) settle(b *cblock, data []byte, reserved int64, err error) {
 func (c *Cache) finishStreamed(b *cblock, data []byte) {
 	c.settle(b, data, int64(len(data)), nil)
 	if c.vhash != nil {
-		go c.advanceVerify(false)
+		go c.advanceVerify()
 	}
 }
 
-// advanceVerify hashes loaded blocks in order from vnext on. With wait
-// false it leaves the work to the goroutine hashing, if there is one; that
-// one looks again before it stops (vkick), or the block loaded meanwhile
-// would wait for the next one, and a reader waiting for the hash
-// (awaitHash) with it.
-func (c *Cache) advanceVerify(wait bool) {
+// advanceVerify hashes loaded blocks in order from vnext on, unless
+// another goroutine is hashing: that one looks again before it stops
+// (vkick), or the block loaded meanwhile would wait for the next one, and
+// a reader waiting for the hash (awaitHash) with it.
+func (c *Cache) advanceVerify() {
 	c.vkick.Store(true)
-	if wait {
-		c.vmu.Lock()
-	} else if !c.vmu.TryLock() {
+	if !c.vmu.TryLock() {
 		return
 	}
 	for {
